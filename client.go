@@ -1,0 +1,152 @@
+package llmdrain
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+
+	openai "github.com/sashabaranov/go-openai"
+	"golang.org/x/sync/semaphore"
+)
+
+// ErrEmptyResponse is returned by Chat when the API answered without any
+// choice to take the text from.
+var ErrEmptyResponse = errors.New("llmdrain: response has no choices")
+
+// ErrEmptyPrompt is returned by Chat for an empty prompt, before any call.
+var ErrEmptyPrompt = errors.New("llmdrain: empty prompt")
+
+// Client calls an OpenAI-compatible API through go-openai, with every call
+// tracked for draining and retried per the Config. It is safe for
+// concurrent use. Create it with New; the zero Client is not usable.
+type Client struct {
+	oa      *openai.Client
+	http    *http.Client
+	tracker *Tracker
+	model   string
+	base    string // primary endpoint, for String
+}
+
+// New validates cfg, applies its defaults and environment, and returns a
+// Client. Every problem found is reported, joined; each matches
+// ErrInvalidConfig and can be taken out with errors.As as a *ConfigError.
+// No error text contains the API key.
+func New(cfg Config) (*Client, error) {
+	r, err := resolve(cfg)
+	if err != nil {
+		return nil, err
+	}
+	base := r.HTTPClient.Transport
+	if base == nil {
+		base = http.DefaultTransport
+	}
+	tr := &transport{
+		base:           base,
+		tracker:        r.Tracker,
+		maxRetries:     r.MaxRetries,
+		newBackoff:     r.Backoff,
+		shouldRetry:    r.ShouldRetry,
+		maxRetryAfter:  r.MaxRetryAfter,
+		attemptTimeout: r.AttemptTimeout,
+		logger:         r.Logger,
+		endpoints:      r.endpoints,
+		failoverAfter:  int32(r.FailoverAfter),
+	}
+	if r.MaxConcurrent > 0 {
+		tr.sem = semaphore.NewWeighted(int64(r.MaxConcurrent))
+	}
+	hc := &http.Client{
+		Transport:     tr,
+		CheckRedirect: r.HTTPClient.CheckRedirect,
+		Jar:           r.HTTPClient.Jar,
+		Timeout:       r.HTTPClient.Timeout,
+	}
+	oc := openai.DefaultConfig(r.APIKey)
+	oc.BaseURL = r.endpoints[0]
+	oc.HTTPClient = hc
+	return &Client{
+		oa:      openai.NewClientWithConfig(oc),
+		http:    hc,
+		tracker: r.Tracker,
+		model:   r.Model,
+		base:    redactURL(r.endpoints[0]),
+	}, nil
+}
+
+// Chat sends prompt as a single user message to the configured model and
+// returns the text of the first choice. It is the one-call path: tracked,
+// retried and refused with ErrDraining once a drain has begun.
+func (c *Client) Chat(ctx context.Context, prompt string) (string, error) {
+	if prompt == "" {
+		return "", ErrEmptyPrompt
+	}
+	if c.tracker.Draining() {
+		return "", ErrDraining
+	}
+	resp, err := c.CreateChatCompletion(ctx, openai.ChatCompletionRequest{
+		Messages: []openai.ChatCompletionMessage{{Role: openai.ChatMessageRoleUser, Content: prompt}},
+	})
+	if err != nil {
+		return "", err
+	}
+	if len(resp.Choices) == 0 {
+		return "", ErrEmptyResponse
+	}
+	return resp.Choices[0].Message.Content, nil
+}
+
+// CreateChatCompletion is go-openai's CreateChatCompletion, tracked and
+// retried. An empty req.Model means the configured model. Errors are
+// go-openai's: errors.As with *openai.APIError gives the server's error and
+// real status code, even after retries ran out (its HTTPStatus then says
+// how many attempts were made); errors.Is matches ErrDraining,
+// ErrForcedShutdown and context errors.
+func (c *Client) CreateChatCompletion(ctx context.Context, req openai.ChatCompletionRequest) (openai.ChatCompletionResponse, error) {
+	if req.Model == "" {
+		req.Model = c.model
+	}
+	return c.oa.CreateChatCompletion(ctx, req)
+}
+
+// CreateChatCompletionStream is go-openai's CreateChatCompletionStream,
+// tracked and retried until the first byte of the body; once streaming has
+// started nothing is replayed. The call stays in flight, holding any drain,
+// until the stream is closed or read to its end, so always Close it.
+//
+// A stream that ends without the API's terminating "data: [DONE]" event (a
+// connection cut mid-answer) makes Recv return an error matching
+// io.ErrUnexpectedEOF rather than io.EOF, so a truncated answer is never
+// taken for a complete one.
+func (c *Client) CreateChatCompletionStream(ctx context.Context, req openai.ChatCompletionRequest) (*openai.ChatCompletionStream, error) {
+	if req.Model == "" {
+		req.Model = c.model
+	}
+	return c.oa.CreateChatCompletionStream(ctx, req)
+}
+
+// OpenAI returns the underlying go-openai client for every other endpoint
+// (embeddings, models, images, files, ...). Its calls go through the same
+// transport: tracked, retried, failed over and refused while draining.
+func (c *Client) OpenAI() *openai.Client { return c.oa }
+
+// Tracker returns the Tracker that registers this client's calls.
+func (c *Client) Tracker() *Tracker { return c.tracker }
+
+// Shutdown drains this client's calls: new calls are refused with
+// ErrDraining at once, and Shutdown returns nil as soon as the calls in
+// flight (streams until closed) have finished. If ctx ends first, the calls
+// still in flight are cancelled with cause ErrForcedShutdown and a
+// *ForcedDrainError naming them is returned; see Tracker.Drain. It then
+// closes idle connections. The Tracker is drained as a whole, so a Tracker
+// shared through Config.Tracker drains every client using it.
+func (c *Client) Shutdown(ctx context.Context) error {
+	err := c.tracker.Drain(ctx)
+	c.http.CloseIdleConnections()
+	return err
+}
+
+// String describes the client without its key.
+func (c *Client) String() string {
+	return fmt.Sprintf("llmdrain.Client{BaseURL: %q, Model: %q}", c.base, c.model)
+}

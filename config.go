@@ -1,0 +1,267 @@
+package llmdrain
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"strings"
+	"time"
+	"unicode"
+
+	"github.com/cenkalti/backoff/v4"
+)
+
+// Defaults applied by New to an empty Config.
+const (
+	// DefaultBaseURL is the HolySheep OpenAI-compatible endpoint.
+	DefaultBaseURL = "https://api.holysheep.ai/v1"
+	// DefaultModel is the model used when neither Config.Model nor a
+	// request names one.
+	DefaultModel = "gpt-4o"
+	// EnvAPIKey is read when Config.APIKey is empty.
+	EnvAPIKey = "HOLYSHEEP_API_KEY"
+	// EnvBaseURL is read when Config.BaseURL is empty.
+	EnvBaseURL = "HOLYSHEEP_BASE_URL"
+)
+
+// ErrInvalidConfig matches every error New returns for a bad Config.
+var ErrInvalidConfig = errors.New("llmdrain: invalid config")
+
+// Config configures a Client. The zero value is valid when the API key is
+// in $HOLYSHEEP_API_KEY: it talks to DefaultBaseURL with DefaultModel and
+// the default retry policy.
+//
+// Printing a Config (any fmt verb, or slog) never shows the API key.
+type Config struct {
+	// APIKey is sent as a bearer token. Empty means $HOLYSHEEP_API_KEY.
+	APIKey string
+	// BaseURL is the OpenAI-compatible API root, such as
+	// "https://api.holysheep.ai/v1". Empty means $HOLYSHEEP_BASE_URL, then
+	// DefaultBaseURL. Plain http is accepted for loopback hosts only, so
+	// the key is never sent in clear over a network.
+	BaseURL string
+	// FallbackURLs are tried in order, wrapping around, when the endpoint
+	// in use fails FailoverAfter attempts in a row. They share the API key.
+	FallbackURLs []string
+	// Model is used by Chat, and by requests that leave Model empty.
+	// Empty means DefaultModel.
+	Model string
+	// MaxRetries is how many times a failed attempt is retried: 0 means
+	// DefaultMaxRetries, a negative value means never.
+	MaxRetries int
+	// MaxConcurrent bounds the calls in flight at once through this
+	// client; further calls wait, bounded by their context, for a slot.
+	// 0 means unlimited. A stream holds its slot until it is closed.
+	MaxConcurrent int
+	// AttemptTimeout bounds one HTTP attempt: the whole exchange for a
+	// plain call, the wait for response headers for a stream. An attempt
+	// that times out is retried. 0 means no bound but the caller's context,
+	// which always bounds the whole call, retries included.
+	AttemptTimeout time.Duration
+	// HTTPClient supplies the base transport (its Transport, or
+	// http.DefaultTransport when nil), redirect policy, cookie jar and
+	// timeout. Nil means http.DefaultClient.
+	HTTPClient *http.Client
+	// Logger receives retries, failovers and drains. Nil means silent.
+	Logger *slog.Logger
+
+	// Backoff makes the delay policy for one call's retries when the
+	// server gives no Retry-After hint. Nil means DefaultBackoff.
+	Backoff func() backoff.BackOff
+	// ShouldRetry decides whether a failed attempt is retried. Nil means
+	// DefaultShouldRetry.
+	ShouldRetry func(resp *http.Response, err error) bool
+	// MaxRetryAfter caps the delay a server may ask for; a larger hint
+	// ends the call with the server's error at once. 0 means
+	// DefaultMaxRetryAfter.
+	MaxRetryAfter time.Duration
+	// FailoverAfter is how many consecutive failed attempts against one
+	// endpoint move later attempts to the next FallbackURLs entry. 0 means
+	// DefaultFailoverAfter.
+	FailoverAfter int
+	// Tracker registers this client's calls. Nil means a new Tracker of
+	// its own; pass one Tracker to several clients to drain them together.
+	Tracker *Tracker
+}
+
+// String describes the config with the API key redacted.
+func (c Config) String() string {
+	return fmt.Sprintf("llmdrain.Config{APIKey: %s, BaseURL: %q, FallbackURLs: %q, Model: %q, MaxRetries: %d, MaxConcurrent: %d, AttemptTimeout: %v}",
+		redact(c.APIKey), redactURL(c.BaseURL), redactURLs(c.FallbackURLs), c.Model, c.MaxRetries, c.MaxConcurrent, c.AttemptTimeout)
+}
+
+// Format makes every fmt verb (%v, %+v, %#v, %s, %d, ...) print String, so
+// the key cannot leak through a verb that would otherwise walk the fields.
+func (c Config) Format(f fmt.State, _ rune) { fmt.Fprint(f, c.String()) }
+
+// LogValue gives slog the redacted fields.
+func (c Config) LogValue() slog.Value {
+	return slog.GroupValue(
+		slog.String("api_key", redact(c.APIKey)),
+		slog.String("base_url", redactURL(c.BaseURL)),
+		slog.Any("fallback_urls", redactURLs(c.FallbackURLs)),
+		slog.String("model", c.Model),
+		slog.Int("max_retries", c.MaxRetries),
+		slog.Int("max_concurrent", c.MaxConcurrent),
+		slog.Duration("attempt_timeout", c.AttemptTimeout),
+	)
+}
+
+func redact(key string) string {
+	if key == "" {
+		return `""`
+	}
+	return "[redacted]"
+}
+
+func redactURL(s string) string {
+	if u, err := url.Parse(s); err == nil {
+		return u.Redacted()
+	}
+	return "[unparseable]"
+}
+
+func redactURLs(ss []string) []string {
+	out := make([]string, len(ss))
+	for i, s := range ss {
+		out[i] = redactURL(s)
+	}
+	return out
+}
+
+// ConfigError describes one problem New found in a Config. It matches
+// ErrInvalidConfig with errors.Is. Its text names the field and never
+// contains the API key.
+type ConfigError struct {
+	Field   string // the Config field, such as "APIKey" or "FallbackURLs[1]"
+	Problem string // what is wrong and how to fix it
+}
+
+func (e *ConfigError) Error() string {
+	return fmt.Sprintf("llmdrain: invalid config: %s: %s", e.Field, e.Problem)
+}
+
+// Is reports whether target is ErrInvalidConfig.
+func (e *ConfigError) Is(target error) bool { return target == ErrInvalidConfig }
+
+// resolved is a validated Config with its defaults applied.
+type resolved struct {
+	Config
+	endpoints []string // BaseURL then FallbackURLs, without trailing slash
+}
+
+// resolve applies environment and defaults and validates. All problems are
+// reported together, joined, each a *ConfigError.
+func resolve(cfg Config) (resolved, error) {
+	var errs []error
+	bad := func(field, format string, args ...any) {
+		errs = append(errs, &ConfigError{Field: field, Problem: fmt.Sprintf(format, args...)})
+	}
+
+	if cfg.APIKey == "" {
+		cfg.APIKey = os.Getenv(EnvAPIKey)
+	}
+	switch {
+	case cfg.APIKey == "":
+		bad("APIKey", "empty; set %s or Config.APIKey", EnvAPIKey)
+	case strings.IndexFunc(cfg.APIKey, unicode.IsSpace) >= 0:
+		bad("APIKey", "contains whitespace or a line break (a key written with echo into a secret ends in a newline; use printf or echo -n)")
+	case strings.IndexFunc(cfg.APIKey, func(r rune) bool { return !unicode.IsPrint(r) }) >= 0:
+		bad("APIKey", "contains non-printable characters")
+	}
+
+	if cfg.BaseURL == "" {
+		cfg.BaseURL = os.Getenv(EnvBaseURL)
+	}
+	if cfg.BaseURL == "" {
+		cfg.BaseURL = DefaultBaseURL
+	}
+	var r resolved
+	if err := checkURL(cfg.BaseURL); err != "" {
+		bad("BaseURL", "%s", err)
+	}
+	r.endpoints = append(r.endpoints, strings.TrimRight(cfg.BaseURL, "/"))
+	for i, u := range cfg.FallbackURLs {
+		if err := checkURL(u); err != "" {
+			bad(fmt.Sprintf("FallbackURLs[%d]", i), "%s", err)
+		}
+		r.endpoints = append(r.endpoints, strings.TrimRight(u, "/"))
+	}
+
+	if cfg.Model == "" {
+		cfg.Model = DefaultModel
+	}
+	switch {
+	case cfg.MaxRetries == 0:
+		cfg.MaxRetries = DefaultMaxRetries
+	case cfg.MaxRetries < 0:
+		cfg.MaxRetries = 0
+	}
+	if cfg.MaxConcurrent < 0 {
+		bad("MaxConcurrent", "negative (%d); use 0 for unlimited", cfg.MaxConcurrent)
+	}
+	if cfg.AttemptTimeout < 0 {
+		bad("AttemptTimeout", "negative (%v); use 0 for no per-attempt bound", cfg.AttemptTimeout)
+	}
+	switch {
+	case cfg.MaxRetryAfter < 0:
+		bad("MaxRetryAfter", "negative (%v); use 0 for the default %v", cfg.MaxRetryAfter, DefaultMaxRetryAfter)
+	case cfg.MaxRetryAfter == 0:
+		cfg.MaxRetryAfter = DefaultMaxRetryAfter
+	}
+	switch {
+	case cfg.FailoverAfter < 0:
+		bad("FailoverAfter", "negative (%d); use 0 for the default %d", cfg.FailoverAfter, DefaultFailoverAfter)
+	case cfg.FailoverAfter == 0:
+		cfg.FailoverAfter = DefaultFailoverAfter
+	}
+	if cfg.Backoff == nil {
+		cfg.Backoff = DefaultBackoff
+	}
+	if cfg.ShouldRetry == nil {
+		cfg.ShouldRetry = DefaultShouldRetry
+	}
+	if cfg.HTTPClient == nil {
+		cfg.HTTPClient = http.DefaultClient
+	}
+	if cfg.Tracker == nil {
+		cfg.Tracker = NewTracker()
+	}
+	r.Config = cfg
+	return r, errors.Join(errs...)
+}
+
+// checkURL returns what is wrong with an endpoint URL, or "". The message
+// shows the URL with any password redacted.
+func checkURL(s string) string {
+	u, err := url.Parse(s)
+	if err != nil {
+		return "not a valid URL"
+	}
+	shown := u.Redacted()
+	switch {
+	case u.Scheme != "http" && u.Scheme != "https":
+		return fmt.Sprintf("%q: scheme must be http or https", shown)
+	case u.Host == "" || u.Hostname() == "":
+		return fmt.Sprintf("%q: no host", shown)
+	case u.User != nil:
+		return fmt.Sprintf("%q: must not contain credentials; use APIKey", shown)
+	case u.RawQuery != "" || u.Fragment != "":
+		return fmt.Sprintf("%q: must not have a query or fragment", shown)
+	case u.Scheme == "http" && !isLoopback(u.Hostname()):
+		return fmt.Sprintf("%q: plain http would send the API key unencrypted; use https (http is allowed for loopback hosts only)", shown)
+	}
+	return ""
+}
+
+func isLoopback(host string) bool {
+	if strings.EqualFold(host, "localhost") || strings.HasSuffix(strings.ToLower(host), ".localhost") {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}

@@ -1,0 +1,129 @@
+package llmdrain
+
+import (
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"math"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/cenkalti/backoff/v4"
+)
+
+// Retry defaults, close to the official openai-go client's.
+const (
+	// DefaultMaxRetries is the number of retries after the first attempt
+	// when Config.MaxRetries is 0.
+	DefaultMaxRetries = 3
+	// DefaultMaxRetryAfter is the largest server-requested delay
+	// (retry-after-ms or Retry-After) that is honoured when
+	// Config.MaxRetryAfter is 0. A server asking for more is taken to mean
+	// "not any time soon": the error is returned at once.
+	DefaultMaxRetryAfter = 60 * time.Second
+	// DefaultFailoverAfter is how many consecutive failed attempts against
+	// one endpoint switch later attempts to the next fallback endpoint.
+	DefaultFailoverAfter = 3
+)
+
+// DefaultBackoff returns the delay policy used between attempts when the
+// server gives no hint: exponential, starting at 0.5 s and doubling up to an
+// interval of 8 s, each delay randomised by ±25 % so that clients that failed
+// together do not retry together. It never stops by itself; the attempt
+// count and the caller's deadline bound the retries.
+//
+// Any backoff.BackOff can be used instead through Config.Backoff; tests use
+// &backoff.ZeroBackOff{} to retry without waiting.
+func DefaultBackoff() backoff.BackOff {
+	b := backoff.NewExponentialBackOff()
+	b.InitialInterval = 500 * time.Millisecond
+	b.Multiplier = 2
+	b.MaxInterval = 8 * time.Second
+	b.RandomizationFactor = 0.25
+	b.MaxElapsedTime = 0
+	b.Reset()
+	return b
+}
+
+// DefaultShouldRetry is the retry decision used when Config.ShouldRetry is
+// nil. It is only consulted while the caller's context is still live: a
+// cancelled or expired caller context is never retried. It reports whether
+// an attempt that ended with resp or err should be tried again:
+//
+//   - err != nil: retried (connection refused or reset, EOF before a
+//     response, an attempt that hit Config.AttemptTimeout), except TLS
+//     certificate and handshake errors, which no retry can fix.
+//   - x-should-retry: true or false in the response overrides its status.
+//   - 408 Request Timeout, 409 Conflict, 429 Too Many Requests and every 5xx
+//     except 501 Not Implemented: retried.
+//   - anything else, notably 400, 401, 403, 404 and 422: not retried.
+func DefaultShouldRetry(resp *http.Response, err error) bool {
+	if err != nil {
+		return !isTLSError(err)
+	}
+	switch strings.ToLower(resp.Header.Get("X-Should-Retry")) {
+	case "true":
+		return true
+	case "false":
+		return false
+	}
+	switch c := resp.StatusCode; {
+	case c == http.StatusRequestTimeout, c == http.StatusConflict, c == http.StatusTooManyRequests:
+		return true
+	case c >= 500 && c != http.StatusNotImplemented:
+		return true
+	}
+	return false
+}
+
+func isTLSError(err error) bool {
+	var (
+		verr *tls.CertificateVerificationError
+		uerr x509.UnknownAuthorityError
+		herr x509.HostnameError
+		cerr x509.CertificateInvalidError
+		rerr tls.RecordHeaderError
+	)
+	return errors.As(err, &verr) || errors.As(err, &uerr) || errors.As(err, &herr) ||
+		errors.As(err, &cerr) || errors.As(err, &rerr)
+}
+
+// retryAfter returns the delay a server asked for, if it gave a usable one:
+// retry-after-ms (milliseconds, the OpenAI extension) first, then
+// Retry-After in seconds or as an HTTP date. Malformed, negative or
+// non-finite values are ignored, so the backoff policy decides; absurdly
+// large values saturate rather than overflow, so the cap rejects them.
+func retryAfter(h http.Header, now time.Time) (time.Duration, bool) {
+	if v := strings.TrimSpace(h.Get("Retry-After-Ms")); v != "" {
+		if ms, err := strconv.ParseFloat(v, 64); err == nil && ms >= 0 && !math.IsInf(ms, 0) {
+			return saturate(ms * float64(time.Millisecond)), true
+		}
+	}
+	v := strings.TrimSpace(h.Get("Retry-After"))
+	if v == "" {
+		return 0, false
+	}
+	if s, err := strconv.ParseFloat(v, 64); err == nil {
+		if s < 0 || math.IsInf(s, 0) || math.IsNaN(s) {
+			return 0, false
+		}
+		return saturate(s * float64(time.Second)), true
+	}
+	if t, err := http.ParseTime(v); err == nil {
+		d := t.Sub(now)
+		if d < 0 {
+			d = 0
+		}
+		return d, true
+	}
+	return 0, false
+}
+
+func saturate(ns float64) time.Duration {
+	if ns >= math.MaxInt64 || math.IsNaN(ns) {
+		return math.MaxInt64
+	}
+	return time.Duration(ns)
+}

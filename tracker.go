@@ -1,0 +1,336 @@
+package llmdrain
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// ErrDraining is returned for a call started after a drain began. The
+// retrying transport returns it from every go-openai method, wrapped, so
+// errors.Is(err, ErrDraining) tells "refused because we are shutting down"
+// apart from a failed call.
+var ErrDraining = errors.New("llmdrain: draining, call refused")
+
+// ErrForcedShutdown is the context.Cause of every in-flight call cancelled
+// because a drain's deadline passed (or a second signal forced shutdown).
+// Errors returned by the client for such calls match it with errors.Is.
+var ErrForcedShutdown = errors.New("llmdrain: forced shutdown, call cancelled at drain deadline")
+
+// forceGrace bounds how long Drain waits, after cancelling the stragglers,
+// for their callers to observe the cancellation and return. It keeps Drain's
+// total time bounded at ctx's deadline plus this grace.
+const forceGrace = time.Second
+
+// numShards spreads the registry of in-flight calls over several locks so
+// that concurrent Begin and done calls rarely contend on the same one.
+const numShards = 32
+
+// A Tracker is a registry of in-flight outbound calls that can be drained:
+// once Drain begins it admits no new call, waits for the calls in flight to
+// finish, and at its deadline cancels those that have not.
+//
+// It is to outbound calls what sync.WaitGroup is to goroutines, with
+// admission control and a forced phase. A zero Tracker is valid and ready to
+// use. A Tracker must not be copied after first use.
+type Tracker struct {
+	inflight atomic.Int64
+	draining atomic.Bool
+	nextID   atomic.Uint64
+
+	// mu guards the lazily created channels and the outcome of a forced
+	// drain. It is never taken on the Begin/done fast path.
+	mu        sync.Mutex
+	idle      chan struct{} // closed when in flight reaches zero while draining
+	forced    chan struct{} // closed once a forced drain has its verdict
+	forcing   bool
+	forcedErr error
+
+	idleClosed atomic.Bool
+	forceFlag  atomic.Bool  // set before the forced phase cancels calls
+	deadline   atomic.Int64 // earliest drain deadline in Unix nanoseconds, 0 if none
+	shards     [numShards]shard
+}
+
+type shard struct {
+	mu    sync.Mutex
+	calls map[uint64]*call
+	_     [64 - 16]byte // keep neighbouring shards off one cache line
+}
+
+type call struct {
+	id      uint64
+	label   string
+	started time.Time
+	cancel  context.CancelCauseFunc
+	t       *Tracker
+	done    atomic.Bool
+}
+
+// NewTracker returns a new, empty Tracker. It is equivalent to new(Tracker).
+func NewTracker() *Tracker { return new(Tracker) }
+
+// Begin registers a call. It returns a context derived from ctx that is
+// cancelled with cause ErrForcedShutdown if a drain's deadline passes while
+// the call is in flight, and a done function that the caller must call when
+// the call has finished (including when it failed). done is idempotent and
+// safe to call from any goroutine; it also releases the derived context's
+// resources, so the context must not be used after done.
+//
+// After a drain has begun, Begin registers nothing and returns ctx, a no-op
+// done and ErrDraining.
+func (t *Tracker) Begin(ctx context.Context) (context.Context, func(), error) {
+	return t.begin(ctx, "")
+}
+
+// begin is Begin with a label used to name the call if a drain is forced.
+func (t *Tracker) begin(ctx context.Context, label string) (context.Context, func(), error) {
+	// Count first, then check: together with done's decrement-then-check
+	// this guarantees that Drain either sees the call or the call sees the
+	// drain, without a lock shared by all calls.
+	t.inflight.Add(1)
+	if t.draining.Load() {
+		t.release()
+		return ctx, func() {}, ErrDraining
+	}
+	cctx, cancel := context.WithCancelCause(ctx)
+	c := &call{id: t.nextID.Add(1), label: label, started: time.Now(), cancel: cancel, t: t}
+	s := &t.shards[c.id%numShards]
+	s.mu.Lock()
+	if s.calls == nil {
+		s.calls = make(map[uint64]*call)
+	}
+	s.calls[c.id] = c
+	s.mu.Unlock()
+	// A forced phase that scanned this shard before the insert cannot have
+	// seen the call; it set forceFlag before scanning, so the call sees it.
+	if t.forceFlag.Load() {
+		cancel(ErrForcedShutdown)
+	}
+	return cctx, c.finish, nil
+}
+
+func (c *call) finish() {
+	if c.done.Swap(true) {
+		return
+	}
+	s := &c.t.shards[c.id%numShards]
+	s.mu.Lock()
+	delete(s.calls, c.id)
+	s.mu.Unlock()
+	c.cancel(context.Canceled)
+	c.t.release()
+}
+
+// release takes one call off the count and, when it was the last one during
+// a drain, wakes the drainers.
+func (t *Tracker) release() {
+	if t.inflight.Add(-1) == 0 && t.draining.Load() {
+		t.signalIdle()
+	}
+}
+
+func (t *Tracker) signalIdle() {
+	if t.idleClosed.Load() {
+		return
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.idle == nil {
+		t.idle = make(chan struct{})
+	}
+	if !t.idleClosed.Swap(true) {
+		close(t.idle)
+	}
+}
+
+// InFlight reports how many calls have begun and not yet called done.
+func (t *Tracker) InFlight() int { return int(t.inflight.Load()) }
+
+// Draining reports whether a drain has begun. Once true it stays true.
+func (t *Tracker) Draining() bool { return t.draining.Load() }
+
+// drainDeadline returns the deadline of the drain in progress, if it has one.
+// The retrying transport uses it so that no backoff wait is started that
+// would end after the calls are going to be cancelled anyway.
+func (t *Tracker) drainDeadline() (time.Time, bool) {
+	if n := t.deadline.Load(); n != 0 {
+		return time.Unix(0, n), true
+	}
+	return time.Time{}, false
+}
+
+// Drain stops admitting calls at once and waits for the calls in flight.
+//
+// It returns nil as soon as the last in-flight call is done: completion is
+// signalled by that call's done, there is no polling. If ctx ends first,
+// Drain cancels the context of every call still in flight with cause
+// ErrForcedShutdown, waits at most one second for them to call done, and
+// returns a *ForcedDrainError that wraps context.Cause(ctx) (so
+// errors.Is(err, context.DeadlineExceeded) works when ctx timed out) and
+// names the calls that were still in flight.
+//
+// Drain may be called concurrently and repeatedly; all calls agree: once any
+// Drain has forced cancellation, every Drain returns that same error;
+// otherwise each returns nil when nothing is in flight. Draining is final: a
+// drained Tracker never admits calls again.
+func (t *Tracker) Drain(ctx context.Context) error {
+	t.mu.Lock()
+	if t.idle == nil {
+		t.idle = make(chan struct{})
+	}
+	if t.forced == nil {
+		t.forced = make(chan struct{})
+	}
+	idle, forced := t.idle, t.forced
+	if d, ok := ctx.Deadline(); ok {
+		if cur := t.deadline.Load(); cur == 0 || d.UnixNano() < cur {
+			t.deadline.Store(d.UnixNano())
+		}
+	}
+	t.mu.Unlock()
+
+	t.draining.Store(true)
+	if t.inflight.Load() == 0 {
+		t.signalIdle()
+	}
+
+	select {
+	case <-idle:
+		return t.outcome()
+	case <-forced:
+		return t.outcome()
+	case <-ctx.Done():
+	}
+	// Prefer a clean finish that raced with the deadline.
+	select {
+	case <-idle:
+		return t.outcome()
+	default:
+	}
+	t.force(context.Cause(ctx), idle)
+	return t.outcome()
+}
+
+// outcome is the agreed result of every Drain: the forced error if a drain
+// was forced, nil otherwise.
+func (t *Tracker) outcome() error {
+	t.mu.Lock()
+	forcing, forced := t.forcing, t.forced
+	t.mu.Unlock()
+	if !forcing {
+		return nil
+	}
+	<-forced // closed after forcedErr is written
+	return t.forcedErr
+}
+
+// force cancels every call in flight and waits the grace for them. Only the
+// first caller does the work; later ones wait for its verdict via outcome.
+func (t *Tracker) force(cause error, idle <-chan struct{}) {
+	t.mu.Lock()
+	if t.forcing {
+		t.mu.Unlock()
+		return
+	}
+	t.forcing = true
+	t.mu.Unlock()
+
+	t.forceFlag.Store(true)
+	stragglers := t.cancelAll()
+	timer := time.NewTimer(forceGrace)
+	select {
+	case <-idle:
+	case <-timer.C:
+	}
+	timer.Stop()
+
+	// With no stragglers the deadline merely raced the last done: nothing
+	// was cancelled, so the verdict is a clean drain.
+	var err error
+	if unfinished := t.InFlight(); len(stragglers) > 0 || unfinished > 0 {
+		err = &ForcedDrainError{Cause: cause, Stragglers: stragglers, Unfinished: unfinished}
+	}
+	t.mu.Lock()
+	t.forcedErr = err
+	close(t.forced)
+	t.mu.Unlock()
+}
+
+// cancelAll cancels every registered call and describes them, oldest first.
+func (t *Tracker) cancelAll() []CallInfo {
+	var infos []CallInfo
+	for i := range t.shards {
+		s := &t.shards[i]
+		s.mu.Lock()
+		for _, c := range s.calls {
+			c.cancel(ErrForcedShutdown)
+			infos = append(infos, CallInfo{ID: c.id, Label: c.label, Started: c.started})
+		}
+		s.mu.Unlock()
+	}
+	sort.Slice(infos, func(i, j int) bool { return infos[i].ID < infos[j].ID })
+	return infos
+}
+
+// CallInfo describes a call that was still in flight when a drain was forced.
+type CallInfo struct {
+	ID      uint64    // sequence number given by Begin, unique per Tracker
+	Label   string    // for calls made through a Client, "METHOD /path"; empty for bare Begin
+	Started time.Time // when Begin registered the call
+}
+
+// String returns the label, or "call #ID" for an unlabelled call.
+func (c CallInfo) String() string {
+	if c.Label != "" {
+		return c.Label
+	}
+	return fmt.Sprintf("call #%d", c.ID)
+}
+
+// ForcedDrainError is returned by Drain when its context ended before every
+// call finished. It wraps the context's cause.
+type ForcedDrainError struct {
+	// Cause is context.Cause of the drain's context, usually
+	// context.DeadlineExceeded, or ErrForcedShutdown after a second signal.
+	Cause error
+	// Stragglers are the calls that were in flight at the deadline and were
+	// cancelled, oldest first.
+	Stragglers []CallInfo
+	// Unfinished is how many calls had still not called done when the
+	// grace after cancellation ended; normally 0.
+	Unfinished int
+}
+
+// Error says how many calls were cancelled and names up to five of them.
+func (e *ForcedDrainError) Error() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "llmdrain: drain forced (%v) with %d call", e.Cause, len(e.Stragglers))
+	if len(e.Stragglers) != 1 {
+		b.WriteString("s")
+	}
+	b.WriteString(" in flight")
+	for i, c := range e.Stragglers {
+		if i == 5 {
+			fmt.Fprintf(&b, ", and %d more", len(e.Stragglers)-i)
+			break
+		}
+		sep := ", "
+		if i == 0 {
+			sep = ": "
+		}
+		fmt.Fprintf(&b, "%s%s", sep, c)
+	}
+	if e.Unfinished > 0 {
+		fmt.Fprintf(&b, "; %d still running after cancellation", e.Unfinished)
+	}
+	return b.String()
+}
+
+// Unwrap returns Cause.
+func (e *ForcedDrainError) Unwrap() error { return e.Cause }
