@@ -112,7 +112,9 @@ func (c *Client) CreateChatCompletion(ctx context.Context, req openai.ChatComple
 // CreateChatCompletionStream is go-openai's CreateChatCompletionStream,
 // tracked and retried until the first byte of the body; once streaming has
 // started nothing is replayed. The call stays in flight, holding any drain,
-// until the stream is closed or read to its end, so always Close it.
+// until the stream is closed or its body has been received to the end, so
+// always Close it. (go-openai buffers what it receives: events already
+// received may still be returned by Recv after the call stopped counting.)
 //
 // A stream that ends without the API's terminating "data: [DONE]" event (a
 // connection cut mid-answer) makes Recv return an error matching

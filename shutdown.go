@@ -151,6 +151,7 @@ func (s *Shutdown) Run(ctx context.Context) error {
 	signal.Notify(ch, sigs...)
 	defer signal.Stop(ch)
 	triggers := s.triggerChan()
+	s.log("shutdown: waiting for a signal", "signals", fmt.Sprint(sigs))
 
 	select {
 	case sig := <-ch:

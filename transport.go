@@ -270,15 +270,17 @@ func reason(resp *http.Response, err error) string {
 }
 
 // callError turns the error of a call whose context ended into one that
-// says why: errors.Is matches ErrForcedShutdown when a drain forced it, and
-// the context error in every case.
+// says why: errors.Is matches the context's cause (ErrForcedShutdown when a
+// drain forced it) and its error (context.Canceled or DeadlineExceeded).
 func callError(ctx context.Context, err error) error {
-	cause := context.Cause(ctx)
 	if err == nil {
 		err = ctx.Err()
 	}
-	if cause != nil && cause != ctx.Err() && !errors.Is(err, cause) {
-		return fmt.Errorf("%w: %w", cause, err)
+	if cause := context.Cause(ctx); cause != nil && !errors.Is(err, cause) {
+		err = fmt.Errorf("%w: %w", cause, err)
+	}
+	if cerr := ctx.Err(); cerr != nil && !errors.Is(err, cerr) {
+		err = fmt.Errorf("%w (%w)", err, cerr)
 	}
 	return err
 }

@@ -1,0 +1,621 @@
+package llmdrain
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/cenkalti/backoff/v4"
+	openai "github.com/sashabaranov/go-openai"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/llmdrain/llmdrain/llmtest"
+)
+
+// newTestClient returns a client of srv that retries without waiting,
+// unless cfg says otherwise.
+func newTestClient(t *testing.T, srv *llmtest.Server, cfg Config) *Client {
+	t.Helper()
+	if cfg.APIKey == "" {
+		cfg.APIKey = fakeKey
+	}
+	if cfg.BaseURL == "" {
+		cfg.BaseURL = srv.URL
+	}
+	if cfg.Backoff == nil {
+		cfg.Backoff = func() backoff.BackOff { return &backoff.ZeroBackOff{} }
+	}
+	c, err := New(cfg)
+	require.NoError(t, err)
+	t.Cleanup(func() { c.http.CloseIdleConnections() })
+	return c
+}
+
+func newServer(t *testing.T, opts ...llmtest.Option) *llmtest.Server {
+	t.Helper()
+	srv := llmtest.NewServer(append([]llmtest.Option{llmtest.WithAPIKey(fakeKey)}, opts...)...)
+	t.Cleanup(srv.Close)
+	return srv
+}
+
+func userMsg(prompt string) openai.ChatCompletionRequest {
+	return openai.ChatCompletionRequest{Messages: []openai.ChatCompletionMessage{{Role: openai.ChatMessageRoleUser, Content: prompt}}}
+}
+
+// settled waits until the server has finished handling every chat request,
+// so that its Completed and Succeeded counts are final: a client can read a
+// response before the handler that wrote it has counted it.
+func settled(t *testing.T, srv *llmtest.Server) *llmtest.Server {
+	t.Helper()
+	waitFor(t, func() bool { return srv.Stats().InFlight == 0 })
+	return srv
+}
+
+// waitInFlight waits until the server is handling n chat requests.
+func waitInFlight(t *testing.T, srv *llmtest.Server, n int) {
+	t.Helper()
+	waitFor(t, func() bool { return srv.Stats().InFlight >= n })
+}
+
+func TestChat(t *testing.T) {
+	srv := newServer(t)
+	c := newTestClient(t, srv, Config{})
+	got, err := c.Chat(context.Background(), "hello")
+	require.NoError(t, err)
+	assert.Equal(t, llmtest.Reply("hello"), got)
+	assert.Equal(t, 1, settled(t, srv).Completed("hello"))
+	assert.Equal(t, 0, c.Tracker().InFlight())
+
+	_, err = c.Chat(context.Background(), "")
+	assert.ErrorIs(t, err, ErrEmptyPrompt)
+}
+
+func TestStreamReadsWholeAnswer(t *testing.T) {
+	srv := newServer(t)
+	c := newTestClient(t, srv, Config{})
+	s, err := c.CreateChatCompletionStream(context.Background(), userMsg("stream me please"))
+	require.NoError(t, err)
+	defer s.Close()
+	assert.Equal(t, 1, c.Tracker().InFlight(), "an open stream is in flight")
+	var text strings.Builder
+	for {
+		r, err := s.Recv()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		require.NoError(t, err)
+		if len(r.Choices) > 0 {
+			text.WriteString(r.Choices[0].Delta.Content)
+		}
+	}
+	assert.Equal(t, llmtest.Reply("stream me please"), text.String())
+	assert.Equal(t, 0, c.Tracker().InFlight(), "a stream read to its end is released")
+}
+
+func TestOtherEndpointsTrackedAndRetried(t *testing.T) {
+	srv := newServer(t)
+	c := newTestClient(t, srv, Config{})
+	models, err := c.OpenAI().ListModels(context.Background())
+	require.NoError(t, err)
+	assert.NotEmpty(t, models.Models)
+	emb, err := c.OpenAI().CreateEmbeddings(context.Background(), openai.EmbeddingRequest{Input: []string{"a b"}, Model: openai.SmallEmbedding3})
+	require.NoError(t, err)
+	assert.Len(t, emb.Data, 1)
+	assert.Equal(t, 2, srv.Stats().Other)
+	assert.Equal(t, 0, c.Tracker().InFlight())
+
+	require.NoError(t, c.Shutdown(context.Background()))
+	_, err = c.OpenAI().ListModels(context.Background())
+	assert.ErrorIs(t, err, ErrDraining)
+	assert.Equal(t, 2, srv.Stats().Other, "a refused call never reaches the server")
+}
+
+func TestShutdownWaitsForInFlightCall(t *testing.T) {
+	srv := newServer(t, llmtest.WithLatency(300*time.Millisecond))
+	c := newTestClient(t, srv, Config{})
+	type result struct {
+		text string
+		err  error
+	}
+	res := make(chan result, 1)
+	go func() {
+		text, err := c.Chat(context.Background(), "slow")
+		res <- result{text, err}
+	}()
+	waitInFlight(t, srv, 1)
+
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	drained := make(chan error, 1)
+	go func() { drained <- c.Shutdown(ctx) }()
+	waitFor(t, c.Tracker().Draining)
+
+	// New calls are refused at once, without reaching the server.
+	_, err := c.Chat(context.Background(), "late")
+	assert.ErrorIs(t, err, ErrDraining)
+	_, err = c.CreateChatCompletion(context.Background(), userMsg("late"))
+	assert.ErrorIs(t, err, ErrDraining)
+	_, err = c.CreateChatCompletionStream(context.Background(), userMsg("late"))
+	assert.ErrorIs(t, err, ErrDraining)
+
+	r := <-res
+	require.NoError(t, r.err)
+	assert.Equal(t, llmtest.Reply("slow"), r.text)
+	require.NoError(t, <-drained)
+	assert.Equal(t, 1, srv.Stats().Requests)
+}
+
+func TestForcedShutdownCancelsHangingCall(t *testing.T) {
+	srv := newServer(t)
+	srv.Script(llmtest.Hang())
+	c := newTestClient(t, srv, Config{})
+	errc := make(chan error, 1)
+	go func() {
+		_, err := c.Chat(context.Background(), "hang")
+		errc <- err
+	}()
+	waitInFlight(t, srv, 1)
+
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	err := c.Shutdown(ctx)
+	var fe *ForcedDrainError
+	require.ErrorAs(t, err, &fe)
+	assert.ErrorIs(t, err, context.DeadlineExceeded)
+	require.Len(t, fe.Stragglers, 1)
+	assert.Equal(t, "POST /v1/chat/completions", fe.Stragglers[0].Label)
+	assert.Equal(t, 0, fe.Unfinished)
+
+	callErr := <-errc
+	assert.ErrorIs(t, callErr, ErrForcedShutdown)
+	assert.ErrorIs(t, callErr, context.Canceled)
+	assert.Equal(t, 1, srv.Stats().Requests, "a forced call is not retried")
+	assert.Equal(t, 0, c.Tracker().InFlight())
+}
+
+func TestForcedShutdownCancelsHangingStream(t *testing.T) {
+	srv := newServer(t, llmtest.WithChunkDelay(time.Hour))
+	c := newTestClient(t, srv, Config{})
+	s, err := c.CreateChatCompletionStream(context.Background(), userMsg("a long answer"))
+	require.NoError(t, err)
+	defer s.Close()
+	_, err = s.Recv() // the first chunk arrives, then the server stalls
+	require.NoError(t, err)
+
+	errc := make(chan error, 1)
+	go func() {
+		for {
+			if _, err := s.Recv(); err != nil {
+				errc <- err
+				return
+			}
+		}
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	err = c.Shutdown(ctx)
+	var fe *ForcedDrainError
+	require.ErrorAs(t, err, &fe)
+	assert.Len(t, fe.Stragglers, 1)
+	recvErr := <-errc
+	assert.ErrorIs(t, recvErr, ErrForcedShutdown)
+	assert.NotErrorIs(t, recvErr, io.EOF)
+	assert.Equal(t, 0, c.Tracker().InFlight())
+}
+
+func TestOpenStreamHoldsDrain(t *testing.T) {
+	// The server is still sending: the stream's body has not ended.
+	srv := newServer(t, llmtest.WithChunkDelay(time.Hour))
+	c := newTestClient(t, srv, Config{})
+	s, err := c.CreateChatCompletionStream(context.Background(), userMsg("held open"))
+	require.NoError(t, err)
+	_, err = s.Recv()
+	require.NoError(t, err)
+
+	drained := make(chan error, 1)
+	go func() { drained <- c.Shutdown(context.Background()) }()
+	select {
+	case err := <-drained:
+		t.Fatalf("drain returned %v while a stream was open", err)
+	case <-time.After(50 * time.Millisecond):
+	}
+	assert.Equal(t, 1, c.Tracker().InFlight())
+	require.NoError(t, s.Close())
+	select {
+	case err := <-drained:
+		assert.NoError(t, err)
+	case <-time.After(5 * time.Second):
+		t.Fatal("closing the stream did not end the drain")
+	}
+}
+
+func TestStreamErrorDoesNotLeakSlot(t *testing.T) {
+	for _, code := range []int{400, 401, 500} {
+		t.Run(fmt.Sprint(code), func(t *testing.T) {
+			srv := newServer(t)
+			srv.Script(llmtest.Status(code), llmtest.Status(code), llmtest.Status(code), llmtest.Status(code))
+			c := newTestClient(t, srv, Config{})
+			_, err := c.CreateChatCompletionStream(context.Background(), userMsg("x"))
+			var apiErr *openai.APIError
+			require.ErrorAs(t, err, &apiErr)
+			assert.Equal(t, code, apiErr.HTTPStatusCode)
+			// go-openai reads but never closes an error body on the stream
+			// path: the slot must be released all the same.
+			assert.Equal(t, 0, c.Tracker().InFlight())
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			assert.NoError(t, c.Shutdown(ctx))
+		})
+	}
+}
+
+func TestTruncatedStreamIsUnexpectedEOF(t *testing.T) {
+	srv := newServer(t)
+	srv.Script(llmtest.Truncate(2))
+	c := newTestClient(t, srv, Config{})
+	s, err := c.CreateChatCompletionStream(context.Background(), userMsg("one two three four five"))
+	require.NoError(t, err)
+	defer s.Close()
+	var recvErr error
+	for recvErr == nil {
+		_, recvErr = s.Recv()
+	}
+	assert.ErrorIs(t, recvErr, io.ErrUnexpectedEOF)
+	assert.NotErrorIs(t, recvErr, io.EOF)
+	assert.Equal(t, 1, srv.Stats().Requests, "nothing is replayed once streaming started")
+	assert.Equal(t, 0, c.Tracker().InFlight())
+}
+
+func TestTruncatedPlainResponseFails(t *testing.T) {
+	srv := newServer(t)
+	srv.Script(llmtest.Truncate(0))
+	c := newTestClient(t, srv, Config{})
+	_, err := c.Chat(context.Background(), "cut")
+	require.Error(t, err)
+	assert.Equal(t, 0, c.Tracker().InFlight())
+}
+
+func TestRetryAfterHonoured(t *testing.T) {
+	never := func() backoff.BackOff { return backoff.NewConstantBackOff(time.Hour) }
+	cases := []struct {
+		name  string
+		fault llmtest.Fault
+		want  time.Duration
+	}{
+		{"Retry-After seconds", llmtest.RateLimited(time.Second), time.Second},
+		{"retry-after-ms", llmtest.RateLimitedMS(300 * time.Millisecond), 300 * time.Millisecond},
+		{"Retry-After on 503", llmtest.Status(503).WithHeader("Retry-After", "1"), time.Second},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			srv := newServer(t)
+			srv.Script(c.fault)
+			cl := newTestClient(t, srv, Config{Backoff: never})
+			start := time.Now()
+			got, err := cl.Chat(context.Background(), "limited")
+			elapsed := time.Since(start)
+			require.NoError(t, err)
+			assert.Equal(t, llmtest.Reply("limited"), got)
+			assert.Equal(t, 2, srv.Stats().Requests)
+			assert.GreaterOrEqual(t, elapsed, c.want, "waited less than the server asked")
+			assert.Less(t, elapsed, c.want+2*time.Second, "waited far longer than the server asked")
+		})
+	}
+}
+
+func TestRetryAfterAboveCapReturnsAtOnce(t *testing.T) {
+	srv := newServer(t)
+	srv.Script(llmtest.RateLimited(2 * time.Minute))
+	c := newTestClient(t, srv, Config{})
+	start := time.Now()
+	_, err := c.Chat(context.Background(), "x")
+	assert.Less(t, time.Since(start), 2*time.Second)
+	var apiErr *openai.APIError
+	require.ErrorAs(t, err, &apiErr)
+	assert.Equal(t, 429, apiErr.HTTPStatusCode)
+	assert.Contains(t, err.Error(), "above the 1m0s cap")
+	assert.Equal(t, 1, srv.Stats().Requests)
+}
+
+func TestDeadlineShorterThanBackoffReturnsAtOnce(t *testing.T) {
+	srv := newServer(t)
+	srv.Script(llmtest.Status(503))
+	c := newTestClient(t, srv, Config{Backoff: func() backoff.BackOff { return backoff.NewConstantBackOff(10 * time.Second) }})
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	start := time.Now()
+	_, err := c.Chat(ctx, "x")
+	assert.Less(t, time.Since(start), time.Second, "must not start a wait that ends after the deadline")
+	var apiErr *openai.APIError
+	require.ErrorAs(t, err, &apiErr)
+	assert.Equal(t, 503, apiErr.HTTPStatusCode)
+	assert.Contains(t, err.Error(), "would pass the deadline")
+	assert.Equal(t, 1, srv.Stats().Requests)
+}
+
+func TestDrainDeadlineBoundsRetryWaits(t *testing.T) {
+	srv := newServer(t)
+	srv.Script(llmtest.Status(503))
+	c := newTestClient(t, srv, Config{Backoff: func() backoff.BackOff { return backoff.NewConstantBackOff(time.Hour) }})
+	srv.SetLatency(100 * time.Millisecond)
+	errc := make(chan error, 1)
+	go func() { _, err := c.Chat(context.Background(), "x"); errc <- err }()
+	waitInFlight(t, srv, 1)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	start := time.Now()
+	require.NoError(t, c.Shutdown(ctx), "the call ends with its error well before the drain deadline")
+	assert.Less(t, time.Since(start), 5*time.Second)
+	var apiErr *openai.APIError
+	require.ErrorAs(t, <-errc, &apiErr)
+	assert.Equal(t, 503, apiErr.HTTPStatusCode)
+}
+
+func TestNonRetryableNotRetried(t *testing.T) {
+	for _, code := range []int{400, 401, 403, 404, 422} {
+		t.Run(fmt.Sprint(code), func(t *testing.T) {
+			srv := newServer(t)
+			srv.Script(llmtest.Status(code))
+			c := newTestClient(t, srv, Config{})
+			_, err := c.Chat(context.Background(), "x")
+			var apiErr *openai.APIError
+			require.ErrorAs(t, err, &apiErr)
+			assert.Equal(t, code, apiErr.HTTPStatusCode)
+			assert.Equal(t, 1, srv.Stats().Requests)
+		})
+	}
+}
+
+func TestShouldRetryHeaderOverride(t *testing.T) {
+	srv := newServer(t)
+	srv.Script(llmtest.Status(400).WithHeader("x-should-retry", "true"), llmtest.Status(503).WithHeader("x-should-retry", "false"))
+	c := newTestClient(t, srv, Config{})
+	_, err := c.Chat(context.Background(), "x")
+	var apiErr *openai.APIError
+	require.ErrorAs(t, err, &apiErr)
+	assert.Equal(t, 503, apiErr.HTTPStatusCode)
+	assert.Equal(t, 2, srv.Stats().Requests)
+}
+
+func TestRetriesTransientFailures(t *testing.T) {
+	srv := newServer(t)
+	srv.Script(llmtest.Reset(), llmtest.Status(500), llmtest.RateLimitedMS(0))
+	c := newTestClient(t, srv, Config{})
+	got, err := c.Chat(context.Background(), "flaky")
+	require.NoError(t, err)
+	assert.Equal(t, llmtest.Reply("flaky"), got)
+	assert.Equal(t, 4, srv.Stats().Requests)
+	assert.Equal(t, 1, settled(t, srv).Completed("flaky"), "the body was rewound for every attempt")
+}
+
+func TestStreamRetriedBeforeFirstByte(t *testing.T) {
+	srv := newServer(t)
+	srv.Script(llmtest.Status(502), llmtest.Reset())
+	c := newTestClient(t, srv, Config{})
+	s, err := c.CreateChatCompletionStream(context.Background(), userMsg("retry my stream"))
+	require.NoError(t, err)
+	defer s.Close()
+	var text strings.Builder
+	for {
+		r, err := s.Recv()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		require.NoError(t, err)
+		if len(r.Choices) > 0 {
+			text.WriteString(r.Choices[0].Delta.Content)
+		}
+	}
+	assert.Equal(t, llmtest.Reply("retry my stream"), text.String())
+	assert.Equal(t, 3, srv.Stats().Requests)
+}
+
+func TestAPIErrorPreservedAfterExhaustion(t *testing.T) {
+	srv := newServer(t)
+	for range 4 {
+		srv.Script(llmtest.Status(503))
+	}
+	c := newTestClient(t, srv, Config{})
+	_, err := c.Chat(context.Background(), "x")
+	var apiErr *openai.APIError
+	require.ErrorAs(t, err, &apiErr)
+	assert.Equal(t, 503, apiErr.HTTPStatusCode)
+	assert.NotEmpty(t, apiErr.Message)
+	assert.Contains(t, err.Error(), "after 4 attempts")
+	assert.Equal(t, 4, srv.Stats().Requests)
+}
+
+func TestConnectionErrorsExhausted(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	addr := ln.Addr().String()
+	ln.Close() // nothing listens there now: connection refused
+	c, err := New(Config{APIKey: fakeKey, BaseURL: "http://" + addr + "/v1", MaxRetries: 2,
+		Backoff: func() backoff.BackOff { return &backoff.ZeroBackOff{} }})
+	require.NoError(t, err)
+	_, err = c.Chat(context.Background(), "x")
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "after 3 attempts")
+	assert.NotContains(t, err.Error(), "FAKE")
+}
+
+func TestFailover(t *testing.T) {
+	primary := newServer(t)
+	fallback := newServer(t)
+	for range 3 {
+		primary.Script(llmtest.Status(503))
+	}
+	c := newTestClient(t, primary, Config{FallbackURLs: []string{fallback.URL}})
+	got, err := c.Chat(context.Background(), "fail me over")
+	require.NoError(t, err)
+	assert.Equal(t, llmtest.Reply("fail me over"), got)
+	assert.Equal(t, 3, primary.Stats().Requests)
+	assert.Equal(t, 1, fallback.Stats().Requests)
+
+	// A later call keeps the endpoint that works.
+	_, err = c.Chat(context.Background(), "again")
+	require.NoError(t, err)
+	assert.Equal(t, 3, primary.Stats().Requests)
+	assert.Equal(t, 1, settled(t, fallback).Completed("again"))
+}
+
+func TestFailoverWrapsAround(t *testing.T) {
+	a := newServer(t)
+	b := newServer(t)
+	for range 2 {
+		a.Script(llmtest.Status(500))
+		b.Script(llmtest.Status(500))
+	}
+	c := newTestClient(t, a, Config{FallbackURLs: []string{b.URL}, FailoverAfter: 2, MaxRetries: 5})
+	_, err := c.Chat(context.Background(), "round")
+	require.NoError(t, err)
+	assert.Equal(t, 3, a.Stats().Requests, "two failures, then back after b's two")
+	assert.Equal(t, 2, b.Stats().Requests)
+	assert.Equal(t, 1, settled(t, a).Completed("round"))
+}
+
+func TestAttemptTimeoutRetried(t *testing.T) {
+	srv := newServer(t)
+	srv.Script(llmtest.Hang())
+	c := newTestClient(t, srv, Config{AttemptTimeout: 100 * time.Millisecond})
+	got, err := c.Chat(context.Background(), "eventually")
+	require.NoError(t, err)
+	assert.Equal(t, llmtest.Reply("eventually"), got)
+	assert.Equal(t, 2, srv.Stats().Requests)
+}
+
+func TestAttemptTimeoutDoesNotCutStreams(t *testing.T) {
+	srv := newServer(t, llmtest.WithChunkDelay(30*time.Millisecond))
+	c := newTestClient(t, srv, Config{AttemptTimeout: 100 * time.Millisecond})
+	s, err := c.CreateChatCompletionStream(context.Background(), userMsg("a b c d e f g h i j"))
+	require.NoError(t, err) // about 400 ms of chunks
+	defer s.Close()
+	for {
+		_, err := s.Recv()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		require.NoError(t, err)
+	}
+}
+
+func TestCallerCancelNotRetried(t *testing.T) {
+	srv := newServer(t)
+	srv.Script(llmtest.Hang())
+	c := newTestClient(t, srv, Config{})
+	ctx, cancel := context.WithCancel(context.Background())
+	errc := make(chan error, 1)
+	go func() { _, err := c.Chat(ctx, "x"); errc <- err }()
+	waitInFlight(t, srv, 1)
+	cancel()
+	err := <-errc
+	assert.ErrorIs(t, err, context.Canceled)
+	assert.NotErrorIs(t, err, ErrForcedShutdown)
+	assert.Equal(t, 1, srv.Stats().Requests)
+	assert.Equal(t, 0, c.Tracker().InFlight())
+}
+
+func TestMaxConcurrent(t *testing.T) {
+	srv := newServer(t, llmtest.WithLatency(50*time.Millisecond))
+	c := newTestClient(t, srv, Config{MaxConcurrent: 2})
+	var wg sync.WaitGroup
+	for i := range 6 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_, err := c.Chat(context.Background(), fmt.Sprint("p", i))
+			assert.NoError(t, err)
+		}()
+	}
+	wg.Wait()
+	assert.Equal(t, 2, srv.Stats().MaxInFlight)
+	assert.Equal(t, 6, settled(t, srv).Stats().Succeeded)
+}
+
+func TestMaxConcurrentWaitIsContextBounded(t *testing.T) {
+	srv := newServer(t)
+	srv.Script(llmtest.Hang())
+	c := newTestClient(t, srv, Config{MaxConcurrent: 1})
+	hangCtx, stop := context.WithCancel(context.Background())
+	defer stop()
+	go func() { _, _ = c.Chat(hangCtx, "holds the slot") }()
+	waitInFlight(t, srv, 1)
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	_, err := c.Chat(ctx, "waits")
+	assert.ErrorIs(t, err, context.DeadlineExceeded)
+	stop()
+	waitFor(t, func() bool { return c.Tracker().InFlight() == 0 })
+}
+
+func TestKeyNeverInErrorsOrLogs(t *testing.T) {
+	var logs bytes.Buffer
+	logger := slog.New(slog.NewJSONHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	srv := newServer(t)
+	srv.Script(llmtest.Status(503), llmtest.Status(503), llmtest.Status(503), llmtest.Status(503), llmtest.Reset(), llmtest.Status(400))
+	c := newTestClient(t, srv, Config{Logger: logger, MaxRetries: 3})
+	var errs []error
+	_, err := c.Chat(context.Background(), "a") // exhausted 503s
+	errs = append(errs, err)
+	_, err = c.Chat(context.Background(), "b") // reset, then 400
+	errs = append(errs, err)
+
+	bad, err := New(Config{APIKey: "sk-WRONG-" + fakeKey, BaseURL: srv.URL, Logger: logger})
+	require.NoError(t, err)
+	_, err = bad.Chat(context.Background(), "c") // 401 from the server
+	errs = append(errs, err)
+	_, err = New(Config{APIKey: fakeKey + "\n"})
+	errs = append(errs, err)
+	require.NoError(t, c.Shutdown(context.Background()))
+	_, err = c.Chat(context.Background(), "d")
+	errs = append(errs, err)
+
+	for _, e := range errs {
+		require.Error(t, e)
+		for _, s := range []string{e.Error(), fmt.Sprintf("%+v", e), fmt.Sprintf("%#v", e)} {
+			assert.NotContains(t, s, "FAKE", "key in error")
+		}
+	}
+	assert.NotEmpty(t, logs.String(), "retries are logged")
+	assert.NotContains(t, logs.String(), "FAKE", "key in logs")
+	for _, s := range []string{fmt.Sprint(c), fmt.Sprintf("%+v", c), fmt.Sprintf("%#v", c), fmt.Sprintf("%v", *c)} {
+		assert.NotContains(t, s, "FAKE", "key in %q", s)
+	}
+}
+
+func TestRedirectDoesNotForwardKey(t *testing.T) {
+	var gotAuth []string
+	var mu sync.Mutex
+	other := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		gotAuth = append(gotAuth, r.Header.Get("Authorization"))
+		mu.Unlock()
+		http.Error(w, `{"error":{"message":"nope"}}`, http.StatusNotFound)
+	})}
+	ln, err := net.Listen("tcp", "localhost:0")
+	require.NoError(t, err)
+	go func() { _ = other.Serve(ln) }()
+	t.Cleanup(func() { other.Close() })
+	// A different host name for the same loopback: Go drops Authorization
+	// on redirects to another host.
+	target := "http://" + strings.Replace(ln.Addr().String(), "127.0.0.1", "localhost", 1) + "/elsewhere"
+	srv := newServer(t)
+	srv.Script(llmtest.Status(307).WithHeader("Location", target))
+	c := newTestClient(t, srv, Config{})
+	_, err = c.Chat(context.Background(), "x")
+	require.Error(t, err)
+	mu.Lock()
+	defer mu.Unlock()
+	require.Len(t, gotAuth, 1)
+	assert.Empty(t, gotAuth[0])
+}

@@ -1,0 +1,333 @@
+package llmdrain
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/llmdrain/llmdrain/llmtest"
+)
+
+func probe(t *testing.T, h http.Handler) int {
+	t.Helper()
+	rec := &statusRecorder{header: http.Header{}, code: http.StatusOK}
+	h.ServeHTTP(rec, &http.Request{})
+	return rec.code
+}
+
+type statusRecorder struct {
+	header http.Header
+	code   int
+}
+
+func (r *statusRecorder) Header() http.Header         { return r.header }
+func (r *statusRecorder) Write(b []byte) (int, error) { return len(b), nil }
+func (r *statusRecorder) WriteHeader(code int)        { r.code = code }
+
+// TestShutdownSequence drives the whole sequence with Trigger and checks
+// its order: readiness off, the delay, then the drains in registration
+// order, each seeing the shared deadline.
+func TestShutdownSequence(t *testing.T) {
+	sd := &Shutdown{Delay: 100 * time.Millisecond, Timeout: 10 * time.Second}
+	var mu sync.Mutex
+	var events []string
+	var triggeredAt time.Time
+	record := func(name string) func(context.Context) error {
+		return func(ctx context.Context) error {
+			mu.Lock()
+			defer mu.Unlock()
+			_, hasDeadline := ctx.Deadline()
+			events = append(events, fmt.Sprintf("%s ready=%d deadline=%v", name, probe(t, sd.ReadyHandler()), hasDeadline))
+			if name == "first" {
+				assert.GreaterOrEqual(t, time.Since(triggeredAt), sd.Delay, "drains start after the delay")
+			}
+			return nil
+		}
+	}
+	sd.Register("first", record("first"))
+	sd.Register("second", record("second"))
+
+	assert.Equal(t, 200, probe(t, sd.ReadyHandler()))
+	assert.Equal(t, 200, probe(t, sd.LiveHandler()))
+	assert.False(t, sd.ShuttingDown())
+
+	mu.Lock()
+	triggeredAt = time.Now()
+	mu.Unlock()
+	sd.Trigger()
+	require.NoError(t, sd.Run(context.Background()))
+	assert.Equal(t, []string{"first ready=503 deadline=true", "second ready=503 deadline=true"}, events)
+	assert.True(t, sd.ShuttingDown())
+	assert.Equal(t, 200, probe(t, sd.LiveHandler()), "liveness stays up while draining")
+}
+
+func TestShutdownContextEndStarts(t *testing.T) {
+	sd := &Shutdown{}
+	ran := false
+	sd.Register("x", func(context.Context) error { ran = true; return nil })
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	require.NoError(t, sd.Run(ctx))
+	assert.True(t, ran)
+}
+
+func TestShutdownTimeoutForcesStragglers(t *testing.T) {
+	srv := newServer(t)
+	srv.Script(llmtest.Hang())
+	c := newTestClient(t, srv, Config{})
+	errc := make(chan error, 1)
+	go func() { _, err := c.Chat(context.Background(), "hang"); errc <- err }()
+	waitInFlight(t, srv, 1)
+
+	sd := &Shutdown{Timeout: 50 * time.Millisecond}
+	sd.Register("llm", c.Shutdown)
+	sd.Trigger()
+	err := sd.Run(context.Background())
+	var fe *ForcedDrainError
+	require.ErrorAs(t, err, &fe)
+	assert.ErrorIs(t, err, context.DeadlineExceeded)
+	assert.Contains(t, err.Error(), `drain "llm"`)
+	assert.ErrorIs(t, <-errc, ErrForcedShutdown)
+}
+
+func TestShutdownSecondTriggerForces(t *testing.T) {
+	srv := newServer(t)
+	srv.Script(llmtest.Hang())
+	c := newTestClient(t, srv, Config{})
+	errc := make(chan error, 1)
+	go func() { _, err := c.Chat(context.Background(), "hang"); errc <- err }()
+	waitInFlight(t, srv, 1)
+
+	sd := &Shutdown{Delay: time.Hour, Timeout: time.Hour}
+	sd.Register("llm", c.Shutdown)
+	sd.Trigger()
+	done := make(chan error, 1)
+	go func() { done <- sd.Run(context.Background()) }()
+	waitFor(t, sd.ShuttingDown)
+	sd.Trigger()
+	select {
+	case err := <-done:
+		assert.ErrorIs(t, err, ErrForcedShutdown)
+	case <-time.After(10 * time.Second):
+		t.Fatal("a second trigger did not force the shutdown")
+	}
+	assert.ErrorIs(t, <-errc, ErrForcedShutdown)
+}
+
+// TestShutdownServerThenClient runs a real HTTP server whose handler makes
+// an LLM call: the server drains first (the handler finishes its call and
+// answers 200), then the client drains with nothing left.
+func TestShutdownServerThenClient(t *testing.T) {
+	llm := newServer(t, llmtest.WithLatency(200*time.Millisecond))
+	c := newTestClient(t, llm, Config{})
+	mux := http.NewServeMux()
+	sd := &Shutdown{Timeout: 10 * time.Second}
+	mux.Handle("/readyz", sd.ReadyHandler())
+	mux.HandleFunc("/generate", func(w http.ResponseWriter, r *http.Request) {
+		text, err := c.Chat(r.Context(), "from a handler")
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusServiceUnavailable)
+			return
+		}
+		fmt.Fprint(w, text)
+	})
+	srv := &http.Server{Handler: mux}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	served := make(chan struct{})
+	go func() { defer close(served); _ = srv.Serve(ln) }()
+	sd.RegisterServer("http", srv)
+	sd.Register("llm", c.Shutdown)
+
+	base := "http://" + ln.Addr().String()
+	hc := &http.Client{Transport: &http.Transport{}}
+	defer hc.CloseIdleConnections()
+	type answer struct {
+		code int
+		body string
+		err  error
+	}
+	answers := make(chan answer, 1)
+	go func() {
+		resp, err := hc.Get(base + "/generate")
+		if err != nil {
+			answers <- answer{err: err}
+			return
+		}
+		defer resp.Body.Close()
+		b, err := io.ReadAll(resp.Body)
+		answers <- answer{resp.StatusCode, string(b), err}
+	}()
+	waitInFlight(t, llm, 1)
+	sd.Trigger()
+	require.NoError(t, sd.Run(context.Background()))
+	<-served
+	a := <-answers
+	require.NoError(t, a.err)
+	assert.Equal(t, 200, a.code)
+	assert.Equal(t, llmtest.Reply("from a handler"), a.body)
+	_, err = hc.Get(base + "/readyz")
+	assert.Error(t, err, "the listener is closed after the drain")
+}
+
+// The signal tests run this test binary again as a child process with
+// childEnv set; runChild is its main.
+const childEnv = "LLMDRAIN_TEST_CHILD"
+
+func runChild(mode string) int {
+	logger := slog.New(slog.NewTextHandler(os.Stderr, nil))
+	c, err := New(Config{APIKey: fakeKey, BaseURL: os.Getenv("LLMDRAIN_TEST_URL"), Logger: logger})
+	if err != nil {
+		fmt.Println("NEW:", err)
+		return 2
+	}
+	sd := &Shutdown{Timeout: time.Minute, Logger: logger}
+	sd.Register("llm", c.Shutdown)
+
+	result := make(chan string, 1)
+	go func() {
+		text, err := c.Chat(context.Background(), "child "+mode)
+		if err != nil {
+			result <- fmt.Sprintf("ERROR: forced=%v: %v", errors.Is(err, ErrForcedShutdown), err)
+			return
+		}
+		result <- "RESULT: " + text
+	}()
+	err = sd.Run(context.Background())
+	fmt.Println(<-result)
+	_, lateErr := c.Chat(context.Background(), "late")
+	fmt.Println("LATE REFUSED:", errors.Is(lateErr, ErrDraining))
+	if err != nil {
+		fmt.Println("SHUTDOWN:", err)
+		return 3
+	}
+	return 0
+}
+
+type child struct {
+	cmd    *exec.Cmd
+	stdout strings.Builder
+	lines  chan string // stderr, line by line
+	exited chan struct{}
+	err    error
+}
+
+func startChild(t *testing.T, mode, url string) *child {
+	t.Helper()
+	exe, err := os.Executable()
+	require.NoError(t, err)
+	ch := &child{cmd: exec.Command(exe, "-test.run=^$"), lines: make(chan string, 100), exited: make(chan struct{})}
+	ch.cmd.Env = append(os.Environ(), childEnv+"="+mode, "LLMDRAIN_TEST_URL="+url)
+	ch.cmd.Stdout = &ch.stdout
+	stderr, err := ch.cmd.StderrPipe()
+	require.NoError(t, err)
+	require.NoError(t, ch.cmd.Start())
+	scanned := make(chan struct{})
+	go func() {
+		defer close(scanned)
+		sc := bufio.NewScanner(stderr)
+		for sc.Scan() {
+			select {
+			case ch.lines <- sc.Text():
+			default: // nobody waits for more; keep draining the pipe
+			}
+		}
+	}()
+	go func() {
+		<-scanned
+		ch.err = ch.cmd.Wait()
+		close(ch.exited)
+	}()
+	t.Cleanup(func() {
+		_ = ch.cmd.Process.Kill()
+		<-ch.exited
+	})
+	return ch
+}
+
+// waitLine waits for a stderr line containing s.
+func (ch *child) waitLine(t *testing.T, s string) {
+	t.Helper()
+	timeout := time.After(20 * time.Second)
+	for {
+		select {
+		case l := <-ch.lines:
+			if strings.Contains(l, s) {
+				return
+			}
+		case <-timeout:
+			t.Fatalf("child never logged %q; stdout: %s", s, ch.stdout.String())
+		}
+	}
+}
+
+func (ch *child) wait(t *testing.T, within time.Duration) int {
+	t.Helper()
+	select {
+	case <-ch.exited:
+	case <-time.After(within):
+		t.Fatalf("child still running after %v", within)
+	}
+	var ee *exec.ExitError
+	if errors.As(ch.err, &ee) {
+		return ee.ExitCode()
+	}
+	require.NoError(t, ch.err)
+	return 0
+}
+
+func TestSIGTERMLetsCallFinish(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a child process")
+	}
+	srv := newServer(t, llmtest.WithLatency(500*time.Millisecond))
+	ch := startChild(t, "sigterm", srv.URL)
+	ch.waitLine(t, "waiting for a signal")
+	waitInFlight(t, srv, 1)
+
+	require.NoError(t, ch.cmd.Process.Signal(syscall.SIGTERM))
+	code := ch.wait(t, 30*time.Second)
+	out := ch.stdout.String()
+	assert.Equal(t, 0, code, "stdout: %s", out)
+	assert.Contains(t, out, "RESULT: "+llmtest.Reply("child sigterm"))
+	assert.Contains(t, out, "LATE REFUSED: true")
+	assert.Equal(t, 1, settled(t, srv).Completed("child sigterm"))
+	assert.Equal(t, 1, srv.Stats().Requests, "the late call never reached the server")
+}
+
+func TestSecondSIGTERMForcesExit(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a child process")
+	}
+	srv := newServer(t)
+	srv.Script(llmtest.Hang())
+	ch := startChild(t, "force", srv.URL)
+	ch.waitLine(t, "waiting for a signal")
+	waitInFlight(t, srv, 1)
+
+	require.NoError(t, ch.cmd.Process.Signal(syscall.SIGTERM))
+	ch.waitLine(t, "shutdown: signal received")
+	require.NoError(t, ch.cmd.Process.Signal(syscall.SIGTERM))
+	start := time.Now()
+	code := ch.wait(t, 20*time.Second)
+	out := ch.stdout.String()
+	assert.Equal(t, 3, code, "stdout: %s", out)
+	assert.Less(t, time.Since(start), 10*time.Second, "forced well before the one-minute timeout")
+	assert.Contains(t, out, "ERROR: forced=true")
+	assert.NotContains(t, out, "FAKE")
+}
