@@ -190,6 +190,9 @@ func TestShutdownServerThenClient(t *testing.T) {
 const childEnv = "LLMDRAIN_TEST_CHILD"
 
 func runChild(mode string) int {
+	if mode == "batch" {
+		return runBatchChild()
+	}
 	logger := slog.New(slog.NewTextHandler(os.Stderr, nil))
 	c, err := New(Config{APIKey: fakeKey, BaseURL: os.Getenv("LLMDRAIN_TEST_URL"), Logger: logger})
 	if err != nil {

@@ -99,6 +99,7 @@ func (t *transport) attempts(ctx context.Context, req *http.Request) (*http.Resp
 		if t.attemptTimeout > 0 {
 			timer = time.AfterFunc(t.attemptTimeout, func() { acancel(errAttemptTimeout) })
 		}
+		countAttempt(ctx)
 		resp, err := t.base.RoundTrip(areq.WithContext(actx))
 		if stream && timer != nil {
 			// The attempt timeout bounds a stream up to its headers only:

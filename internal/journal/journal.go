@@ -1,0 +1,175 @@
+// Package journal is an append-only JSON Lines file that survives being cut
+// off mid-write: one record per line, a header line that marks the file as
+// ours, an advisory lock so only one process appends at a time, and fsync
+// in batches and on Close.
+package journal
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"sync"
+	"time"
+)
+
+// ErrLocked is returned by Open when another process holds the journal.
+var ErrLocked = errors.New("journal is in use by another process")
+
+// ErrForeign is returned by Open for a file that is not a journal.
+var ErrForeign = errors.New("not an llmdrain journal")
+
+// header is the first line of every journal; its presence tells our file
+// from someone else's, which Open refuses to touch.
+const header = `{"llmdrain_journal":1}`
+
+// Sync policy: records are flushed to stable storage every syncEvery
+// appends or syncInterval, whichever comes first, and always on Close.
+const (
+	syncEvery    = 64
+	syncInterval = time.Second
+)
+
+// Journal appends records to a file. Its methods are safe for concurrent
+// use.
+type Journal struct {
+	mu       sync.Mutex
+	f        *os.File
+	unsynced int
+	lastSync time.Time
+	err      error // first write or sync error; later appends return it
+}
+
+// Open opens or creates the journal at path, locks it, and returns it with
+// the records already in it, oldest first. A torn last line (the process or
+// machine died mid-write) is dropped from the file and not returned. A file
+// that is not a journal, or whose complete lines do not parse, is an error
+// and is left untouched.
+func Open(path string) (*Journal, []json.RawMessage, error) {
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o644)
+	if err != nil {
+		return nil, nil, err
+	}
+	if err := lock(f); err != nil {
+		f.Close()
+		return nil, nil, err
+	}
+	recs, keep, err := read(f)
+	if err != nil {
+		unlock(f)
+		f.Close()
+		return nil, nil, fmt.Errorf("%s: %w", path, err)
+	}
+	if err := f.Truncate(keep); err != nil {
+		unlock(f)
+		f.Close()
+		return nil, nil, err
+	}
+	if _, err := f.Seek(keep, io.SeekStart); err != nil {
+		unlock(f)
+		f.Close()
+		return nil, nil, err
+	}
+	j := &Journal{f: f, lastSync: time.Now()}
+	if keep == 0 {
+		if _, err := f.WriteString(header + "\n"); err != nil {
+			j.Close()
+			return nil, nil, err
+		}
+	}
+	return j, recs, nil
+}
+
+// read parses the file and returns its records and the length of its
+// intact part: everything up to the last newline.
+func read(f *os.File) ([]json.RawMessage, int64, error) {
+	data, err := io.ReadAll(f)
+	if err != nil {
+		return nil, 0, err
+	}
+	if len(data) == 0 {
+		return nil, 0, nil
+	}
+	first, _, _ := bytes.Cut(data, []byte("\n"))
+	if !bytes.Equal(bytes.TrimSpace(first), []byte(header)) {
+		if len(data) < len(header) && bytes.HasPrefix([]byte(header), data) {
+			// Only a torn header was written: an empty journal.
+			return nil, 0, nil
+		}
+		return nil, 0, ErrForeign
+	}
+	intact := bytes.LastIndexByte(data, '\n') + 1
+	var recs []json.RawMessage
+	sc := bufio.NewScanner(bytes.NewReader(data[:intact]))
+	sc.Buffer(nil, len(data)+1)
+	line := 0
+	for sc.Scan() {
+		line++
+		if line == 1 || len(bytes.TrimSpace(sc.Bytes())) == 0 {
+			continue
+		}
+		if !json.Valid(sc.Bytes()) {
+			return nil, 0, fmt.Errorf("%w: line %d is not JSON", ErrForeign, line)
+		}
+		recs = append(recs, json.RawMessage(bytes.Clone(sc.Bytes())))
+	}
+	return recs, int64(intact), sc.Err()
+}
+
+// Append writes one record as a line. The line reaches the operating
+// system at once (so a crash of the process loses nothing) and stable
+// storage at the next sync.
+func (j *Journal) Append(rec any) error {
+	b, err := json.Marshal(rec)
+	if err != nil {
+		return err
+	}
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	if j.err != nil {
+		return j.err
+	}
+	if j.f == nil {
+		return os.ErrClosed
+	}
+	if _, err := j.f.Write(append(b, '\n')); err != nil {
+		j.err = err
+		return err
+	}
+	j.unsynced++
+	if j.unsynced >= syncEvery || time.Since(j.lastSync) >= syncInterval {
+		return j.syncLocked()
+	}
+	return nil
+}
+
+func (j *Journal) syncLocked() error {
+	if err := j.f.Sync(); err != nil {
+		j.err = err
+		return err
+	}
+	j.unsynced, j.lastSync = 0, time.Now()
+	return nil
+}
+
+// Close syncs, unlocks and closes the journal. It returns the first error
+// met by any Append, sync or the close itself.
+func (j *Journal) Close() error {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	if j.f == nil {
+		return j.err
+	}
+	if j.err == nil {
+		_ = j.syncLocked()
+	}
+	unlock(j.f)
+	if err := j.f.Close(); err != nil && j.err == nil {
+		j.err = err
+	}
+	j.f = nil
+	return j.err
+}
