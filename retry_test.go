@@ -117,4 +117,3 @@ func FuzzRetryAfter(f *testing.F) {
 		}
 	})
 }
-

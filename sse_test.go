@@ -20,7 +20,7 @@ func TestSSEWatcher(t *testing.T) {
 		"data: [DONE] x\n":                    false,
 		"event: done\n":                       false,
 		"data: [DO":                           false,
-		"": false,
+		"":                                    false,
 		"data: " + strings.Repeat("x", 1000) + "\ndata: [DONE]\n": true,
 	}
 	for in, want := range cases {

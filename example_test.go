@@ -1,0 +1,138 @@
+package llmdrain_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"time"
+
+	"github.com/llmdrain/llmdrain"
+	"github.com/llmdrain/llmdrain/llmtest"
+)
+
+// The one-call path: a chat completion, tracked and retried.
+func ExampleClient_Chat() {
+	srv := llmtest.NewServer() // stands in for https://api.holysheep.ai/v1
+	defer srv.Close()
+
+	c, err := llmdrain.New(llmdrain.Config{APIKey: "sk-example", BaseURL: srv.URL})
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	text, err := c.Chat(context.Background(), "Hello, world!")
+	fmt.Println(text, err)
+	// Output: You said: Hello, world! <nil>
+}
+
+// A rate-limited call is retried after the delay the server asks for.
+func ExampleClient_Chat_retry() {
+	srv := llmtest.NewServer()
+	defer srv.Close()
+	srv.Script(llmtest.RateLimitedMS(50*time.Millisecond), llmtest.Status(503))
+
+	c, _ := llmdrain.New(llmdrain.Config{APIKey: "sk-example", BaseURL: srv.URL})
+	text, err := c.Chat(context.Background(), "try again")
+	fmt.Println(text, err, srv.Stats().Requests, "requests")
+	// Output: You said: try again <nil> 3 requests
+}
+
+// Shutdown refuses new calls at once and returns as soon as the calls in
+// flight have finished.
+func ExampleClient_Shutdown() {
+	srv := llmtest.NewServer(llmtest.WithLatency(100 * time.Millisecond))
+	defer srv.Close()
+	c, _ := llmdrain.New(llmdrain.Config{APIKey: "sk-example", BaseURL: srv.URL})
+
+	answer := make(chan string)
+	go func() {
+		text, _ := c.Chat(context.Background(), "finish me")
+		answer <- text
+	}()
+	for srv.Stats().InFlight == 0 { // wait until the call reached the server
+		time.Sleep(time.Millisecond)
+	}
+
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	drained := make(chan error)
+	go func() { drained <- c.Shutdown(ctx) }()
+
+	fmt.Println(<-answer)
+	fmt.Println("drain:", <-drained)
+	_, err := c.Chat(context.Background(), "too late")
+	fmt.Println(errors.Is(err, llmdrain.ErrDraining))
+	// Output:
+	// You said: finish me
+	// drain: <nil>
+	// true
+}
+
+// A Tracker guards any kind of outbound work, not only LLM calls.
+func ExampleTracker() {
+	var t llmdrain.Tracker // the zero value is ready
+
+	ctx, done, err := t.Begin(context.Background())
+	if err != nil {
+		return // llmdrain.ErrDraining: shutting down, do not start
+	}
+	go func() {
+		defer done()
+		<-ctx.Done() // a call that never finishes on its own
+	}()
+
+	dctx, cancel := context.WithTimeout(context.Background(), 10*time.Millisecond)
+	defer cancel()
+	err = t.Drain(dctx)
+	var fe *llmdrain.ForcedDrainError
+	fmt.Println(errors.As(err, &fe), len(fe.Stragglers))
+	fmt.Println(errors.Is(context.Cause(ctx), llmdrain.ErrForcedShutdown))
+	// Output:
+	// true 1
+	// true
+}
+
+// A service's shutdown: readiness off at the first SIGTERM, a delay for
+// the load balancer, then the HTTP server and the LLM client drained within
+// one timeout. Trigger stands in for the signal here.
+func ExampleShutdown() {
+	srv := llmtest.NewServer()
+	defer srv.Close()
+	c, _ := llmdrain.New(llmdrain.Config{APIKey: "sk-example", BaseURL: srv.URL})
+
+	sd := &llmdrain.Shutdown{Delay: 10 * time.Millisecond, Timeout: 5 * time.Second}
+	mux := http.NewServeMux()
+	mux.Handle("/readyz", sd.ReadyHandler())
+	mux.Handle("/healthz", sd.LiveHandler())
+	httpSrv := &http.Server{Handler: mux}
+	sd.RegisterServer("http", httpSrv) // inbound first
+	sd.Register("llm", c.Shutdown)     // then the outbound calls
+
+	sd.Trigger() // in a service: nothing, Run waits for SIGTERM or SIGINT
+	fmt.Println(sd.Run(context.Background()))
+	// Output: <nil>
+}
+
+// A batch at bounded concurrency, with a result per task in input order.
+func ExampleClient_Batch() {
+	srv := llmtest.NewServer()
+	defer srv.Close()
+	c, _ := llmdrain.New(llmdrain.Config{APIKey: "sk-example", BaseURL: srv.URL})
+
+	tasks := []llmdrain.Task{{Prompt: "one"}, {Prompt: "two"}, {ID: "third", Prompt: "three"}}
+	res, err := c.Batch(context.Background(), tasks, llmdrain.BatchOptions{Concurrency: 2})
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	for _, r := range res.Results {
+		fmt.Println(r.Status, r.Text)
+	}
+	fmt.Println(res.Completed, "completed")
+	// Output:
+	// completed You said: one
+	// completed You said: two
+	// completed You said: three
+	// 3 completed
+}
