@@ -1,0 +1,307 @@
+package llmtest
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"strings"
+	"time"
+	"unicode"
+
+	openai "github.com/sashabaranov/go-openai"
+)
+
+// Reply returns the assistant text the server answers for prompt, the
+// content of the last user message: "You said: " followed by prompt.
+// Streamed responses deliver the same text split after each word.
+func Reply(prompt string) string { return "You said: " + prompt }
+
+type chatResponse struct {
+	ID      string       `json:"id"`
+	Object  string       `json:"object"`
+	Created int64        `json:"created"`
+	Model   string       `json:"model"`
+	Choices []chatChoice `json:"choices"`
+	Usage   usage        `json:"usage"`
+}
+
+type chatChoice struct {
+	Index        int         `json:"index"`
+	Message      chatMessage `json:"message"`
+	FinishReason string      `json:"finish_reason"`
+}
+
+type chatMessage struct {
+	Role    string `json:"role"`
+	Content string `json:"content"`
+}
+
+type chatChunk struct {
+	ID      string        `json:"id"`
+	Object  string        `json:"object"`
+	Created int64         `json:"created"`
+	Model   string        `json:"model"`
+	Choices []chunkChoice `json:"choices"`
+	Usage   *usage        `json:"usage,omitempty"`
+}
+
+type chunkChoice struct {
+	Index        int        `json:"index"`
+	Delta        chunkDelta `json:"delta"`
+	FinishReason *string    `json:"finish_reason"`
+}
+
+type chunkDelta struct {
+	Role    string `json:"role,omitempty"`
+	Content string `json:"content,omitempty"`
+}
+
+// chatCall is one decoded chat request with the answer prepared for it.
+type chatCall struct {
+	id      string
+	created int64
+	model   string
+	prompt  string // the last user message: the key of Completed
+	reply   string
+	usage   usage
+}
+
+func (s *Server) serveChat(w http.ResponseWriter, r *http.Request) {
+	s.chatStarted()
+	// done takes the request out of InFlight. Every path calls it just
+	// before the client can see the outcome (the last bytes written, the
+	// connection closed), so a client never finds its finished request
+	// still in flight: a test of a client-side concurrency limit can trust
+	// MaxInFlight. The deferred call covers requests the client abandoned.
+	inFlight := true
+	done := func() {
+		if inFlight {
+			inFlight = false
+			s.chatEnded()
+		}
+	}
+	defer done()
+
+	// Reading the body to the end matters beyond decoding: only then does
+	// net/http watch the connection and cancel r.Context() when the client
+	// goes away, which is what ends a Hang.
+	body, readErr := readBody(w, r)
+	if readErr != nil && !tooLarge(readErr) {
+		return // the client went away mid-request: nobody to answer
+	}
+	// Rejections are faults of the server's own making; they do not consume
+	// the script.
+	var req openai.ChatCompletionRequest
+	var f Fault
+	if readErr != nil {
+		s.countFault()
+		f = errorFault(http.StatusRequestEntityTooLarge, "Request body too large.")
+	} else if !s.authorized(r) {
+		s.countFault()
+		f = errorFault(http.StatusUnauthorized, "Incorrect API key provided.")
+	} else if err := json.Unmarshal(body, &req); err != nil {
+		s.countFault()
+		f = errorFault(http.StatusBadRequest, "We could not parse the JSON body of your request: "+err.Error())
+	} else {
+		f = s.nextFault(req.Stream)
+	}
+
+	ctx := r.Context()
+	if f.kind == kindHang {
+		<-ctx.Done()
+		done()
+		abort(w, false)
+		return
+	}
+	if !s.wait(ctx, f.delay) {
+		done()
+		abort(w, false)
+		return
+	}
+	switch f.kind {
+	case kindReset:
+		done()
+		abort(w, true)
+		return
+	case kindStatus:
+		done()
+		respondFault(w, f)
+		return
+	}
+
+	call := s.newChatCall(req)
+	if req.Stream {
+		includeUsage := req.StreamOptions != nil && req.StreamOptions.IncludeUsage
+		s.streamChat(w, r, call, f, includeUsage, done)
+		return
+	}
+	s.plainChat(w, call, f, done)
+}
+
+func (s *Server) newChatCall(req openai.ChatCompletionRequest) chatCall {
+	s.mu.Lock()
+	s.nextID++
+	id := s.nextID
+	s.mu.Unlock()
+
+	promptWords := 0
+	prompt := ""
+	for _, m := range req.Messages {
+		text := messageText(m)
+		promptWords += len(strings.Fields(text))
+		if m.Role == openai.ChatMessageRoleUser {
+			prompt = text
+		}
+	}
+	reply := Reply(prompt)
+	return chatCall{
+		id:      fmt.Sprintf("chatcmpl-%d", id),
+		created: time.Now().Unix(),
+		model:   req.Model,
+		prompt:  prompt,
+		reply:   reply,
+		usage:   newUsage(promptWords, len(strings.Fields(reply))),
+	}
+}
+
+// messageText is a message's content; for multi-part content, its text parts
+// joined by newlines.
+func messageText(m openai.ChatCompletionMessage) string {
+	if len(m.MultiContent) == 0 {
+		return m.Content
+	}
+	var parts []string
+	for _, p := range m.MultiContent {
+		if p.Type == openai.ChatMessagePartTypeText {
+			parts = append(parts, p.Text)
+		}
+	}
+	return strings.Join(parts, "\n")
+}
+
+// plainChat writes a non-streamed answer; done is serveChat's.
+func (s *Server) plainChat(w http.ResponseWriter, call chatCall, f Fault, done func()) {
+	body := mustJSON(chatResponse{
+		ID:      call.id,
+		Object:  "chat.completion",
+		Created: call.created,
+		Model:   call.model,
+		Choices: []chatChoice{{
+			Message:      chatMessage{Role: openai.ChatMessageRoleAssistant, Content: call.reply},
+			FinishReason: string(openai.FinishReasonStop),
+		}},
+		Usage: call.usage,
+	})
+	if f.kind == kindTruncate {
+		// Promise the whole body, deliver half: the client's read must fail
+		// with an unexpected EOF rather than see a short but valid response.
+		h := w.Header()
+		h.Set("Content-Type", "application/json")
+		h.Set("Content-Length", fmt.Sprint(len(body)))
+		overrideHeaders(h, f.header)
+		w.WriteHeader(http.StatusOK)
+		_, _ = w.Write(body[:len(body)/2])
+		_ = http.NewResponseController(w).Flush()
+		done()
+		abort(w, false)
+		return
+	}
+	// Counted before writing so that a client holding the response can
+	// rely on Completed; see there.
+	undo := s.countSuccess(call.prompt)
+	done()
+	if !writeBody(w, http.StatusOK, "application/json", body, f.header) {
+		undo()
+	}
+}
+
+// streamChat writes a streamed answer; done is serveChat's.
+func (s *Server) streamChat(w http.ResponseWriter, r *http.Request, call chatCall, f Fault, includeUsage bool, done func()) {
+	words := splitWords(call.reply)
+	chunk := func(d chunkDelta, finish *string) []byte {
+		return mustJSON(chatChunk{
+			ID: call.id, Object: "chat.completion.chunk", Created: call.created, Model: call.model,
+			Choices: []chunkChoice{{Delta: d, FinishReason: finish}},
+		})
+	}
+	events := [][]byte{chunk(chunkDelta{Role: openai.ChatMessageRoleAssistant}, nil)}
+	for _, word := range words {
+		events = append(events, chunk(chunkDelta{Content: word}, nil))
+	}
+	stop := string(openai.FinishReasonStop)
+	events = append(events, chunk(chunkDelta{}, &stop))
+	if includeUsage {
+		events = append(events, mustJSON(chatChunk{
+			ID: call.id, Object: "chat.completion.chunk", Created: call.created, Model: call.model,
+			Choices: []chunkChoice{}, Usage: &call.usage,
+		}))
+	}
+	events = append(events, []byte("[DONE]"))
+
+	if f.kind == kindTruncate {
+		n := f.chunks
+		if n == truncateHalf {
+			n = len(words) / 2
+		}
+		events = events[:1+min(n, len(words))]
+	}
+
+	h := w.Header()
+	h.Set("Content-Type", "text/event-stream")
+	h.Set("Cache-Control", "no-cache")
+	overrideHeaders(h, f.header)
+	w.WriteHeader(http.StatusOK)
+	rc := http.NewResponseController(w)
+	ctx := r.Context()
+	undo := func() {}
+	for i, ev := range events {
+		if i > 0 && !sleep(ctx, s.chunkDelay) {
+			done()
+			abort(w, false)
+			return
+		}
+		if i == len(events)-1 && f.kind != kindTruncate {
+			// Counted before [DONE] goes out so that a client that has
+			// read it can rely on Completed; see there.
+			undo = s.countSuccess(call.prompt)
+			done()
+		}
+		// Flush each event on its own: clients must be able to observe a
+		// stream that stops half-way.
+		if _, err := fmt.Fprintf(w, "data: %s\n\n", ev); err != nil {
+			undo()
+			return
+		}
+		if err := rc.Flush(); err != nil {
+			undo()
+			return
+		}
+	}
+	if f.kind == kindTruncate {
+		done()
+		abort(w, false)
+	}
+}
+
+// splitWords cuts text after each run of whitespace, so every piece is a
+// word with its trailing space and the pieces concatenate back to text.
+func splitWords(text string) []string {
+	var words []string
+	start := 0
+	inSpace := false
+	for i, r := range text {
+		if unicode.IsSpace(r) {
+			inSpace = true
+			continue
+		}
+		if inSpace {
+			words = append(words, text[start:i])
+			start = i
+			inSpace = false
+		}
+	}
+	if start < len(text) {
+		words = append(words, text[start:])
+	}
+	return words
+}

@@ -1,0 +1,65 @@
+package llmtest
+
+import "time"
+
+// config collects what the Options set; NewServer copies it into the Server.
+type config struct {
+	latency    time.Duration
+	chunkDelay time.Duration
+	jitter     float64
+	seed       int64
+	seeded     bool
+	addr       string
+	apiKey     string
+	chaos      Chaos
+}
+
+// Option configures a Server at construction; see NewServer.
+type Option func(*config)
+
+// WithLatency delays every response by d before its headers are written (for
+// streams, before the first chunk). The wait is cut short when the client
+// gives up or the server closes. Negative values count as zero.
+func WithLatency(d time.Duration) Option {
+	return func(c *config) { c.latency = max(d, 0) }
+}
+
+// WithChunkDelay waits d between consecutive events of a streamed response.
+// The default is no delay. Negative values count as zero.
+func WithChunkDelay(d time.Duration) Option {
+	return func(c *config) { c.chunkDelay = max(d, 0) }
+}
+
+// WithJitter varies each latency uniformly within ±frac of its value, drawing
+// from the server's seeded random source. frac is clamped to [0, 1].
+func WithJitter(frac float64) Option {
+	return func(c *config) { c.jitter = min(max(frac, 0), 1) }
+}
+
+// WithSeed seeds every random choice the server makes (jitter and chaos), so
+// the same seed and the same sequence of requests give the same behaviour.
+// Without it the seed comes from the clock.
+func WithSeed(seed int64) Option {
+	return func(c *config) { c.seed, c.seeded = seed, true }
+}
+
+// WithAddr sets the listen address, for example "127.0.0.1:8081". It exists
+// to restart an endpoint on the port a closed Server used; the default is
+// "127.0.0.1:0", a fresh loopback port.
+func WithAddr(addr string) Option {
+	return func(c *config) { c.addr = addr }
+}
+
+// WithAPIKey makes the server require "Authorization: Bearer <key>" on every
+// request and answer 401 with an OpenAI-format error otherwise. Without it
+// any credentials, or none, are accepted.
+func WithAPIKey(key string) Option {
+	return func(c *config) { c.apiKey = key }
+}
+
+// WithChaos injects random faults into chat completion requests with the
+// probabilities in c. Scripted faults take precedence: chaos only decides
+// requests that arrive while the script queue is empty.
+func WithChaos(c Chaos) Option {
+	return func(cfg *config) { cfg.chaos = c }
+}

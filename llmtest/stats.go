@@ -1,0 +1,90 @@
+package llmtest
+
+// Stats is a snapshot of what a Server has seen since it started.
+//
+// Every chat completion request counts in Requests. It then ends in exactly
+// one of three ways: Succeeded (the whole response was written), Faults (the
+// server deliberately answered with anything but success: a scripted or
+// chaos fault, a 401 or a 400 for a malformed body), or neither (the client
+// went away or the server closed before a success was fully written).
+type Stats struct {
+	Requests    int // chat completion requests received, whatever their outcome
+	Succeeded   int // chat responses written in full: 200 and, for streams, through data: [DONE]
+	Streams     int // well-formed chat requests with "stream": true
+	Faults      int // chat requests answered with a fault: anything but success
+	InFlight    int // chat requests received whose outcome the client has not been sent yet
+	MaxInFlight int // high-water mark of InFlight since the server started
+	Other       int // requests to any path or method other than POST /v1/chat/completions
+}
+
+// Stats returns a consistent snapshot of the server's counters.
+//
+// The counters move just before the client can see an outcome: a request
+// leaves InFlight, and a success is counted, right before the last bytes of
+// its response are written (or its connection is closed). So once a client
+// has its response or error, Stats already reflects it, and sequential
+// requests never overlap in InFlight. Only a request the client abandons
+// (by cancelling it) stays in flight until the server notices, shortly after.
+func (s *Server) Stats() Stats {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.stats
+}
+
+// Completed reports how many chat requests whose last user message was
+// exactly prompt got a full successful response: status 200 with the whole
+// body written, through "data: [DONE]" for streams. Faults, truncations and
+// responses cut short by the client or by Close do not count.
+//
+// A success is counted just before the last bytes of its response are
+// written and taken back if writing them fails, so once a client holds a
+// complete response, Completed and Stats.Succeeded already include it.
+func (s *Server) Completed(prompt string) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.completed[prompt]
+}
+
+// chatStarted counts a chat request the moment its handler starts.
+func (s *Server) chatStarted() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.stats.Requests++
+	s.stats.InFlight++
+	s.stats.MaxInFlight = max(s.stats.MaxInFlight, s.stats.InFlight)
+}
+
+func (s *Server) chatEnded() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.stats.InFlight--
+}
+
+func (s *Server) countFault() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.stats.Faults++
+}
+
+func (s *Server) countOther() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.stats.Other++
+}
+
+// countSuccess records a success about to be delivered; the returned func
+// takes it back if the delivery then fails.
+func (s *Server) countSuccess(prompt string) (undo func()) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.stats.Succeeded++
+	s.completed[prompt]++
+	return func() {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		s.stats.Succeeded--
+		if s.completed[prompt]--; s.completed[prompt] == 0 {
+			delete(s.completed, prompt)
+		}
+	}
+}
