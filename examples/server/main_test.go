@@ -17,6 +17,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/llmdrain/llmdrain/examples/internal/proctest"
+	"github.com/llmdrain/llmdrain/examples/server/settings"
 	"github.com/llmdrain/llmdrain/llmtest"
 )
 
@@ -206,6 +207,32 @@ func TestSecondSignalExitsAtOnce(t *testing.T) {
 	assert.Less(t, time.Since(start), 3*time.Second, "the second signal cuts the 10s delay and the drain")
 	r := <-res
 	assert.True(t, r.err != nil || r.status != http.StatusOK, "the cut request did not succeed: %+v", r)
+	checkLogs(t, p)
+}
+
+// TestDrainTimeoutBoundsExit checks settings.ExitGrace, the number the
+// Kubernetes budget relies on: a request that outlives DRAIN_TIMEOUT is cut
+// and the process exits non-zero within DRAIN_TIMEOUT + ExitGrace.
+func TestDrainTimeoutBoundsExit(t *testing.T) {
+	const drainTimeout = 500 * time.Millisecond
+	srv, env := upstream(t)
+	srv.Script(llmtest.Hang())
+	p, addr := startServer(t, append(env, "DRAIN_TIMEOUT="+drainTimeout.String())...)
+
+	res := make(chan result, 1)
+	go func() { res <- generate(httpClient(t, false), addr, "never answered", false) }()
+	proctest.Eventually(t, 5*time.Second, "call in flight upstream", func() bool { return srv.Stats().InFlight == 1 })
+
+	start := time.Now()
+	p.Signal(syscall.SIGTERM)
+	code := p.Wait(drainTimeout + settings.ExitGrace + 5*time.Second)
+	took := time.Since(start)
+	assert.Equal(t, 1, code)
+	assert.GreaterOrEqual(t, took, drainTimeout)
+	assert.Less(t, took, drainTimeout+settings.ExitGrace, "exit within DRAIN_TIMEOUT + ExitGrace")
+	r := <-res
+	assert.True(t, r.err != nil || r.status != http.StatusOK, "the cut request did not succeed: %+v", r)
+	assert.Contains(t, p.Output(proctest.Stderr), "shutdown cut requests short")
 	checkLogs(t, p)
 }
 

@@ -103,6 +103,7 @@ const (
 	Stderr
 )
 
+// String names the stream.
 func (s Stream) String() string { return [...]string{"stdout", "stderr"}[s] }
 
 // Start runs bin with args and env added to the test's environment (minus
@@ -266,10 +267,6 @@ func (p *Proc) Signal(sig syscall.Signal) {
 		p.t.Fatalf("signal %v: %v", sig, err)
 	}
 }
-
-// Exited returns a channel closed once the process has exited and its
-// output has been read.
-func (p *Proc) Exited() <-chan struct{} { return p.exited }
 
 // Wait waits for the process to exit and returns its exit code (-1 if a
 // signal killed it). It kills the process and fails the test if it has not
