@@ -42,8 +42,8 @@ import (
 	"github.com/llmdrain/llmdrain/llmtest"
 )
 
-// The scenario. Latency and cadence are chosen so that about half the
-// calls are in flight when the signal arrives.
+// The scenario. Latency and cadence are chosen so that most calls fired
+// before the signal are still in flight when it arrives.
 const (
 	numCalls     = 32
 	signalAfter  = numCalls / 2 // calls fired before SIGTERM

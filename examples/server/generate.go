@@ -125,8 +125,11 @@ func (g *generator) stream(w http.ResponseWriter, r *http.Request, chat openai.C
 // 502 the LLM API failed.
 func (g *generator) fail(w http.ResponseWriter, r *http.Request, err error) {
 	if r.Context().Err() != nil {
+		// Nobody is listening; 499 (nginx's "client closed request") is
+		// for the access log.
 		g.log.InfoContext(r.Context(), "generate abandoned by the client", "error", err)
-		return // nobody is listening
+		w.WriteHeader(499)
+		return
 	}
 	status := http.StatusBadGateway
 	var apiErr *openai.APIError
