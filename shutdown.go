@@ -58,7 +58,9 @@ type Shutdown struct {
 	mu       sync.Mutex
 	drains   []namedDrain
 	triggers chan struct{}
+	stopCh   chan struct{} // closed when the shutdown begins
 	stopping atomic.Bool
+	ran      atomic.Bool
 }
 
 type namedDrain struct {
@@ -116,6 +118,20 @@ func (s *Shutdown) LiveHandler() http.Handler {
 // ShuttingDown reports whether the shutdown has begun.
 func (s *Shutdown) ShuttingDown() bool { return s.stopping.Load() }
 
+// Stopping returns a channel that is closed when the shutdown begins, at
+// the first signal, Trigger or end of Run's context, before the delay and
+// the drains: the moment to stop taking new work, or to tell the user.
+func (s *Shutdown) Stopping() <-chan struct{} { return s.stopChan() }
+
+func (s *Shutdown) stopChan() chan struct{} {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.stopCh == nil {
+		s.stopCh = make(chan struct{})
+	}
+	return s.stopCh
+}
+
 // Trigger acts as a signal: the first call starts the shutdown, the second
 // forces it. It may be called before or during Run and never blocks; calls
 // beyond the second are ignored.
@@ -137,12 +153,18 @@ func (s *Shutdown) triggerChan() chan struct{} {
 
 // Run watches for the stop signals and, at the first one, performs the
 // shutdown sequence described on Shutdown; ctx ending counts as the first
-// signal. It returns nil when every drain finished within the timeout, and
+// signal. Until Run has started, the stop signals keep their default
+// action (a SIGTERM kills the process), so start Run, in its own goroutine,
+// before serving traffic. It returns nil when every drain finished within
+// the timeout, and
 // otherwise the drains' errors joined, each naming its drain; errors.Is
 // matches ErrForcedShutdown after a second signal and
 // context.DeadlineExceeded after the timeout. Run is meant to be called
-// once.
+// once: a second call returns an error at once.
 func (s *Shutdown) Run(ctx context.Context) error {
+	if s.ran.Swap(true) {
+		return errors.New("llmdrain: Shutdown.Run called twice")
+	}
 	sigs := s.Signals
 	if len(sigs) == 0 {
 		sigs = []os.Signal{syscall.SIGTERM, os.Interrupt}
@@ -163,6 +185,7 @@ func (s *Shutdown) Run(ctx context.Context) error {
 	}
 	start := time.Now()
 	s.stopping.Store(true)
+	close(s.stopChan())
 
 	// A second signal cancels everything with ErrForcedShutdown.
 	forceCtx, force := context.WithCancelCause(context.Background())
@@ -185,7 +208,7 @@ func (s *Shutdown) Run(ctx context.Context) error {
 	}()
 
 	if s.Delay > 0 {
-		s.log("shutdown: readiness off, waiting for load balancers", "delay", s.Delay)
+		s.log("shutdown: readiness off, waiting for load balancers", "delay", s.Delay.String())
 		_ = sleep(forceCtx, s.Delay)
 	}
 
@@ -203,19 +226,23 @@ func (s *Shutdown) Run(ctx context.Context) error {
 	for _, d := range drains {
 		t := time.Now()
 		if err := d.drain(dctx); err != nil {
-			s.log("shutdown: drain failed", "drain", d.name, "took", time.Since(t), "error", err)
+			s.log("shutdown: drain failed", "drain", d.name, "took", since(t), "error", err)
 			errs = append(errs, fmt.Errorf("llmdrain: drain %q: %w", d.name, err))
 			continue
 		}
-		s.log("shutdown: drained", "drain", d.name, "took", time.Since(t))
+		s.log("shutdown: drained", "drain", d.name, "took", since(t))
 	}
 	if context.Cause(forceCtx) == ErrForcedShutdown {
 		errs = append(errs, ErrForcedShutdown)
 	}
 	err := errors.Join(errs...)
-	s.log("shutdown: done", "took", time.Since(start), "ok", err == nil)
+	s.log("shutdown: done", "took", since(start), "ok", err == nil)
 	return err
 }
+
+// since renders an elapsed time for logs: slog's JSON handler would write
+// a time.Duration as an integer of nanoseconds.
+func since(t time.Time) string { return time.Since(t).Round(time.Millisecond).String() }
 
 func (s *Shutdown) log(msg string, args ...any) {
 	if s.Logger != nil {

@@ -80,10 +80,38 @@ func TestShutdownContextEndStarts(t *testing.T) {
 	sd := &Shutdown{}
 	ran := false
 	sd.Register("x", func(context.Context) error { ran = true; return nil })
+	stopping := sd.Stopping()
+	select {
+	case <-stopping:
+		t.Fatal("Stopping closed before the shutdown began")
+	default:
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
 	require.NoError(t, sd.Run(ctx))
 	assert.True(t, ran)
+	<-stopping // closed by now
+	assert.Error(t, sd.Run(ctx), "Run is meant to be called once")
+}
+
+func TestShutdownStoppingBeforeDrains(t *testing.T) {
+	sd := &Shutdown{Delay: time.Hour}
+	var closedFirst bool
+	sd.Register("x", func(context.Context) error {
+		select {
+		case <-sd.Stopping():
+			closedFirst = true
+		default:
+		}
+		return nil
+	})
+	done := make(chan error, 1)
+	go func() { done <- sd.Run(context.Background()) }()
+	sd.Trigger()
+	<-sd.Stopping() // closed at the trigger, during the hour-long delay
+	sd.Trigger()    // force: cuts the delay short
+	assert.ErrorIs(t, <-done, ErrForcedShutdown)
+	assert.True(t, closedFirst)
 }
 
 func TestShutdownTimeoutForcesStragglers(t *testing.T) {
