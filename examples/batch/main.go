@@ -106,18 +106,22 @@ func run(args []string, stdout io.Writer, stderr *os.File) int {
 	// The first signal drains the client: Batch starts no more prompts
 	// and the running ones finish. A second one cuts them.
 	sd := &llmdrain.Shutdown{Timeout: *grace, Logger: logger}
-	runCtx, stop := context.WithCancel(context.Background())
-	sd.Register("notice", func(context.Context) error {
-		if runCtx.Err() != nil {
-			return nil // the batch ended by itself: no signal to explain
-		}
-		fmt.Fprintf(stderr, "\nbatch: interrupted: finishing the %d running prompts (up to %v); interrupt again to cut them\n",
-			client.Tracker().InFlight(), *grace)
-		return nil
-	})
 	sd.Register("llm", client.Shutdown)
+	runCtx, stop := context.WithCancel(context.Background())
 	shutdownErr := make(chan error, 1)
 	go func() { shutdownErr <- sd.Run(runCtx) }()
+
+	// Say at once that the interrupt was heard. stop below, once the
+	// batch has ended by itself, closes Stopping too: nothing to explain.
+	noticed := make(chan struct{})
+	go func() {
+		defer close(noticed)
+		<-sd.Stopping()
+		if runCtx.Err() == nil {
+			fmt.Fprintf(stderr, "\nbatch: interrupted: finishing the %d running prompts (up to %v); interrupt again to cut them\n",
+				client.Tracker().InFlight(), *grace)
+		}
+	}()
 
 	prog := newProgressLine(stderr)
 	res, err := client.Batch(context.Background(), tasks, llmdrain.BatchOptions{
@@ -128,6 +132,7 @@ func run(args []string, stdout io.Writer, stderr *os.File) int {
 	prog.done()
 	stop()
 	<-shutdownErr
+	<-noticed
 
 	if res == nil { // nothing ran: bad input or an unusable journal
 		if errors.Is(err, llmdrain.ErrJournalLocked) {

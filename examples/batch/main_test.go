@@ -30,9 +30,7 @@ const testKey = "sk-test-0123456789abcdef-secret"
 // upstream is a fake LLM in the test process that requires testKey, so the
 // command runs exactly as with a real key, and the env to reach it.
 func upstream(t *testing.T, opts ...llmtest.Option) (*llmtest.Server, []string) {
-	srv := llmtest.NewServer(append(opts, llmtest.WithAPIKey(testKey))...)
-	t.Cleanup(srv.Close)
-	return srv, []string{"HOLYSHEEP_API_KEY=" + testKey, "HOLYSHEEP_BASE_URL=" + srv.URL}
+	return proctest.Upstream(t, testKey, opts...)
 }
 
 func writeFile(t *testing.T, name, content string) string {
@@ -168,4 +166,5 @@ func TestOffline(t *testing.T) {
 	p := proctest.Start(t, bin, []string{"FAKE_LLM_LATENCY=0s"}, input)
 	require.Equal(t, 0, p.Wait(20*time.Second))
 	assert.Equal(t, 3, summaryCount(t, p.Output(proctest.Stdout), "completed"))
+	assert.NotContains(t, p.Output(proctest.Stderr), "interrupted", "no interrupt notice without an interrupt")
 }

@@ -73,16 +73,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return 2
 	}
 
-	// The first signal starts the shutdown: the notice below, then the
-	// client's drain, which refuses new calls and waits for ours. A second
-	// signal forces the drain, cancelling our call with ErrForcedShutdown.
+	// The first signal starts the shutdown: the client's drain refuses new
+	// calls and waits for ours. A second signal forces the drain,
+	// cancelling our call with ErrForcedShutdown.
 	sd := &llmdrain.Shutdown{Timeout: *grace, Logger: logger}
-	sd.Register("notice", func(context.Context) error {
-		if client.Tracker().InFlight() > 0 {
-			fmt.Fprintf(stderr, "chat: interrupted: waiting up to %v for the answer; interrupt again to abort\n", *grace)
-		}
-		return nil
-	})
 	sd.Register("llm", client.Shutdown)
 
 	// Ending runCtx after the call counts as the first signal when none
@@ -91,9 +85,21 @@ func run(args []string, stdout, stderr io.Writer) int {
 	shutdownErr := make(chan error, 1)
 	go func() { shutdownErr <- sd.Run(runCtx) }()
 
+	// Say at once that the interrupt was heard, if it came while the call
+	// ran; stop below closes Stopping too, with the call over.
+	noticed := make(chan struct{})
+	go func() {
+		defer close(noticed)
+		<-sd.Stopping()
+		if client.Tracker().InFlight() > 0 {
+			fmt.Fprintf(stderr, "chat: interrupted: waiting up to %v for the answer; interrupt again to abort\n", *grace)
+		}
+	}()
+
 	answer, err := client.Chat(context.Background(), prompt)
 	stop()
 	sdErr := <-shutdownErr
+	<-noticed
 
 	switch {
 	case err == nil:

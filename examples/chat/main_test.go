@@ -23,9 +23,7 @@ const testKey = "sk-test-0123456789abcdef-secret"
 // upstream is a fake LLM in the test process that requires testKey, so the
 // command runs exactly as with a real key, and the env to reach it.
 func upstream(t *testing.T, opts ...llmtest.Option) (*llmtest.Server, []string) {
-	srv := llmtest.NewServer(append(opts, llmtest.WithAPIKey(testKey))...)
-	t.Cleanup(srv.Close)
-	return srv, []string{"HOLYSHEEP_API_KEY=" + testKey, "HOLYSHEEP_BASE_URL=" + srv.URL}
+	return proctest.Upstream(t, testKey, opts...)
 }
 
 func assertNoKey(t *testing.T, p *proctest.Proc) {
@@ -38,6 +36,7 @@ func TestOfflineAnswer(t *testing.T) {
 	p := proctest.Start(t, bin, []string{"FAKE_LLM_LATENCY=0s"}, "why", "is", "the", "sky", "blue?")
 	require.Equal(t, 0, p.Wait(10*time.Second))
 	assert.Equal(t, llmtest.Reply("why is the sky blue?")+"\n", p.Output(proctest.Stdout))
+	assert.Empty(t, p.Output(proctest.Stderr), "no interrupt notice without an interrupt")
 }
 
 func TestInterruptWaitsForTheAnswer(t *testing.T) {

@@ -76,12 +76,13 @@ const (
 	lost
 )
 
-// judge says how c ended. A call counts as completed only if its answer is
-// the one the fake LLM produces for its prompt; refused means ErrDraining,
-// before any request was sent; anything else is lost.
-func judge(c *call) outcome {
+// judge says how c ended. Completed means a whole answer came back
+// (llmdrain reports a cut stream as an error); offline it must also be
+// the answer the fake LLM produces for its prompt. Refused means
+// ErrDraining, before any request was sent. Anything else is lost.
+func (d *demo) judge(c *call) outcome {
 	switch {
-	case c.err == nil && c.text == llmtest.Reply(c.prompt):
+	case c.err == nil && (d.sc.online || c.text == llmtest.Reply(c.prompt)):
 		return completed
 	case errors.Is(c.err, llmdrain.ErrDraining):
 		return refused
@@ -89,21 +90,22 @@ func judge(c *call) outcome {
 	return lost
 }
 
-// path describes the attempts of a call that needed more than one.
-func path(c *call) (desc string, saw429, failedOver bool) {
+// path describes the attempts of a call that needed more than one, or
+// that went elsewhere than the primary endpoint.
+func (d *demo) path(c *call) (desc string, saw429, failedOver bool) {
 	var parts []string
 	primaryFailed := false
 	for i, a := range c.attempts {
 		if a.status == 429 {
 			saw429 = true
 		}
-		if a.endpoint == "fallback" && primaryFailed {
+		if a.endpoint != d.sc.primary && primaryFailed {
 			failedOver = true
 		}
-		if a.endpoint == "primary" && a.status != 200 {
+		if a.endpoint == d.sc.primary && a.status != 200 {
 			primaryFailed = true
 		}
-		if len(c.attempts) > 1 || a.endpoint != "primary" {
+		if len(c.attempts) > 1 || a.endpoint != d.sc.primary {
 			s := a.endpoint
 			switch {
 			case a.status == 0:
@@ -131,18 +133,22 @@ func (p *printer) callEnded(d *demo, c *call) {
 	d.mu.Lock()
 	signalAt := d.signalAt
 	d.mu.Unlock()
-	desc, _, _ := path(c)
+	desc, _, _ := d.path(c)
 	if desc != "" {
 		desc = "  " + p.paint(cyan, desc)
 	}
 	id := fmt.Sprintf("#%02d %s", c.n, kind(c))
-	switch judge(c) {
+	switch d.judge(c) {
 	case completed:
 		when := ""
 		if !signalAt.IsZero() && c.start.Before(signalAt) {
 			when = p.paint(yellow, "  (in flight at SIGTERM)")
 		}
-		p.line("%s  %s  %s in %.2fs%s%s", p.stamp(c.end), id, p.paint(green, "completed"), c.end.Sub(c.start).Seconds(), desc, when)
+		answer := ""
+		if d.sc.online { // offline answers are echoes of the prompt
+			answer = "  " + excerpt(c.text, 40)
+		}
+		p.line("%s  %s  %s in %.2fs%s%s%s", p.stamp(c.end), id, p.paint(green, "completed"), c.end.Sub(c.start).Seconds(), desc, when, answer)
 	case refused:
 		p.line("%s  %s  %s", p.stamp(c.end), id, p.paint(yellow, "refused: ErrDraining"))
 	default:
@@ -154,38 +160,52 @@ func (p *printer) callEnded(d *demo, c *call) {
 	}
 }
 
+// excerpt quotes the start of an answer on one line.
+func excerpt(s string, n int) string {
+	r := []rune(strings.Join(strings.Fields(s), " "))
+	if len(r) > n {
+		return fmt.Sprintf("%q...", string(r[:n]))
+	}
+	return fmt.Sprintf("%q", string(r))
+}
+
 // account prints what happened and returns the exit code.
-func (d *demo) account(runErr error, servers []*llmtest.Server) int {
+func (d *demo) account(runErr error) int {
 	p := d.p
 	d.mu.Lock()
 	defer d.mu.Unlock()
 
-	var before, during, refusedN, lostN, inFlight, plain, streams, retried429, failedOver, checked int
+	var before, during, refusedN, lostN, inFlight, plain, streams, retried, retried429, failedOver, checked int
 	for _, c := range d.calls {
 		if c.stream {
 			streams++
 		} else {
 			plain++
 		}
-		_, saw429, fo := path(c)
-		o := judge(c)
+		_, saw429, fo := d.path(c)
+		o := d.judge(c)
 		admittedBeforeSignal := c.start.Before(d.signalAt)
 		if admittedBeforeSignal && c.end.After(d.signalAt) {
 			inFlight++
 		}
 		switch o {
 		case completed:
-			// Cross-check with the fake LLMs' own records: exactly one
-			// full answer was written for this prompt.
-			served := 0
-			for _, s := range servers {
-				served += s.Completed(c.prompt)
+			// Offline, cross-check with the fake LLMs' own records:
+			// exactly one full answer was written for this prompt.
+			if !d.sc.online {
+				served := 0
+				for _, s := range d.sc.fakes {
+					served += s.Completed(c.prompt)
+				}
+				if served != 1 {
+					o = lost
+					break
+				}
+				checked++
 			}
-			if served != 1 {
-				o = lost
-				break
+			if len(c.attempts) > 1 {
+				retried++
 			}
-			checked++
 			if c.end.Before(d.signalAt) {
 				before++
 			} else {
@@ -217,14 +237,24 @@ func (d *demo) account(runErr error, servers []*llmtest.Server) int {
 	if lostN > 0 {
 		lostText = p.paint(red, fmt.Sprintf("%3d", lostN))
 	}
-	p.line("    %-36s %s", "lost (cut, failed or wrong)", lostText)
-	p.line("  on the way: %d failed over from the primary's 503s to the fallback, %d retried after a 429", failedOver, retried429)
+	if d.sc.online {
+		p.line("    %-36s %s", "lost (cut or failed)", lostText)
+		p.line("  on the way: %d retried after an error from the API (429, 5xx or no response)", retried)
+	} else {
+		p.line("    %-36s %s", "lost (cut, failed or wrong)", lostText)
+		p.line("  on the way: %d failed over from the primary's 503s to the fallback, %d retried after a 429", failedOver, retried429)
+	}
 	if d.drainErr == nil && runErr == nil {
-		p.line("  drain time: %v of the %v allowed", d.drainEnd.Sub(d.drainStart).Round(time.Millisecond), drainTimeout)
+		p.line("  drain time: %v of the %v allowed", d.drainEnd.Sub(d.drainStart).Round(time.Millisecond), d.sc.drainTimeout)
 	} else {
 		p.line("  drain: %s", p.paint(red, fmt.Sprint(errors.Join(d.drainErr, runErr))))
 	}
-	p.line("  answers checked against the fake LLMs' records: %d of %d completed calls match", checked, completedN)
+	if d.sc.online {
+		p.line("  answers not cross-checked: the real API keeps no records the demo can read, so completed")
+		p.line("  means a whole answer came back (a stream through its closing [DONE]), not that it was checked")
+	} else {
+		p.line("  answers checked against the fake LLMs' records: %d of %d completed calls match", checked, completedN)
+	}
 	if lostN == 0 {
 		p.line("  %s", p.paint(green+";"+bold, "nothing was lost: every call either completed in full or was refused before it was sent"))
 	}

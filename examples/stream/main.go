@@ -81,20 +81,26 @@ func run(args []string, stdout, stderr io.Writer) int {
 	// The first signal starts the client's drain, which waits for the
 	// stream until it is closed; a second one cancels it.
 	sd := &llmdrain.Shutdown{Timeout: *grace, Logger: logger}
-	sd.Register("notice", func(context.Context) error {
-		if client.Tracker().InFlight() > 0 {
-			fmt.Fprintf(stderr, "\nstream: signal received: letting the answer finish (up to %v); signal again to abort\n", *grace)
-		}
-		return nil
-	})
 	sd.Register("llm", client.Shutdown)
 	runCtx, stop := context.WithCancel(context.Background())
 	shutdownErr := make(chan error, 1)
 	go func() { shutdownErr <- sd.Run(runCtx) }()
 
+	// Say at once that the signal was heard, if it came mid-stream; stop
+	// below closes Stopping too, with the stream over.
+	noticed := make(chan struct{})
+	go func() {
+		defer close(noticed)
+		<-sd.Stopping()
+		if client.Tracker().InFlight() > 0 {
+			fmt.Fprintf(stderr, "\nstream: signal received: letting the answer finish (up to %v); signal again to abort\n", *grace)
+		}
+	}()
+
 	words, err := streamAnswer(client, prompt, stdout)
 	stop()
 	sdErr := <-shutdownErr
+	<-noticed
 
 	switch {
 	case err == nil:

@@ -23,9 +23,7 @@ const testKey = "sk-test-0123456789abcdef-secret"
 // upstream is a fake LLM in the test process that requires testKey, so the
 // command runs exactly as with a real key, and the env to reach it.
 func upstream(t *testing.T, opts ...llmtest.Option) (*llmtest.Server, []string) {
-	srv := llmtest.NewServer(append(opts, llmtest.WithAPIKey(testKey))...)
-	t.Cleanup(srv.Close)
-	return srv, []string{"HOLYSHEEP_API_KEY=" + testKey, "HOLYSHEEP_BASE_URL=" + srv.URL}
+	return proctest.Upstream(t, testKey, opts...)
 }
 
 const prompt = "one two three four five six seven eight"
@@ -34,6 +32,7 @@ func TestOfflineStream(t *testing.T) {
 	p := proctest.Start(t, bin, []string{"FAKE_LLM_LATENCY=0s", "FAKE_LLM_CHUNK_DELAY=0s"}, prompt)
 	require.Equal(t, 0, p.Wait(10*time.Second))
 	assert.Equal(t, llmtest.Reply(prompt)+"\n", p.Output(proctest.Stdout))
+	assert.Empty(t, p.Output(proctest.Stderr), "no signal notice without a signal")
 }
 
 func TestSIGTERMLetsTheStreamFinish(t *testing.T) {

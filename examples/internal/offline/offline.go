@@ -10,6 +10,7 @@ package offline
 
 import (
 	"fmt"
+	"net/url"
 	"os"
 	"time"
 
@@ -52,7 +53,7 @@ type Backend struct {
 // otherwise starts the embedded fake LLM with the defaults in fake. The
 // caller must Close the Backend.
 func Open(fake Fake) (*Backend, error) {
-	if os.Getenv(llmdrain.EnvAPIKey) != "" {
+	if Online() {
 		return &Backend{}, nil
 	}
 	latency, err := envDuration(EnvLatency, fake.Latency)
@@ -74,17 +75,41 @@ func Open(fake Fake) (*Backend, error) {
 	}, nil
 }
 
+// Online reports whether HOLYSHEEP_API_KEY is set, so that the examples
+// talk to the real endpoint.
+func Online() bool { return os.Getenv(llmdrain.EnvAPIKey) != "" }
+
+// RealEndpoint is the base URL llmdrain uses with an empty Config:
+// HOLYSHEEP_BASE_URL, or llmdrain.DefaultBaseURL. It is for display: any
+// credentials, query or fragment in it are masked.
+func RealEndpoint() string {
+	base := os.Getenv(llmdrain.EnvBaseURL)
+	if base == "" {
+		return llmdrain.DefaultBaseURL
+	}
+	u, err := url.Parse(base)
+	if err != nil {
+		return "(unparseable $" + llmdrain.EnvBaseURL + ")"
+	}
+	if u.User != nil {
+		u.User = url.User("xxxxx")
+	}
+	if u.RawQuery != "" || u.ForceQuery {
+		u.RawQuery, u.ForceQuery = "xxxxx", false
+	}
+	if u.Fragment != "" {
+		u.Fragment, u.RawFragment = "xxxxx", ""
+	}
+	return u.String()
+}
+
 // Online reports whether the backend is the real endpoint.
 func (b *Backend) Online() bool { return b.Fake == nil }
 
 // String says which endpoint is used, without any key.
 func (b *Backend) String() string {
 	if b.Online() {
-		base := os.Getenv(llmdrain.EnvBaseURL)
-		if base == "" {
-			base = llmdrain.DefaultBaseURL
-		}
-		return fmt.Sprintf("%s (key from $%s)", base, llmdrain.EnvAPIKey)
+		return fmt.Sprintf("%s (key from $%s)", RealEndpoint(), llmdrain.EnvAPIKey)
 	}
 	return fmt.Sprintf("embedded fake LLM at %s ($%s not set)", b.Fake.URL, llmdrain.EnvAPIKey)
 }

@@ -8,6 +8,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -18,6 +20,9 @@ import (
 	"time"
 
 	"go.uber.org/goleak"
+
+	"github.com/llmdrain/llmdrain"
+	"github.com/llmdrain/llmdrain/llmtest"
 )
 
 // Main is a TestMain for an example's tests: it builds the example, stores
@@ -76,8 +81,50 @@ func Build() (bin string, cleanup func(), err error) {
 }
 
 // scrubbed are removed from the child's environment so that a developer's
-// real key never turns a test into billed calls; tests set them explicitly.
-var scrubbed = []string{"HOLYSHEEP_API_KEY=", "HOLYSHEEP_BASE_URL=", "NO_COLOR=", "FAKE_LLM_"}
+// real key never turns a test into billed calls; tests set them
+// explicitly, through Start's env, and Upstream makes the values.
+var scrubbed = []string{llmdrain.EnvAPIKey + "=", llmdrain.EnvBaseURL + "=", "NO_COLOR=", "FAKE_LLM_"}
+
+// Upstream starts a fake LLM that requires key and stands in for the real
+// endpoint, and returns it with the env that makes an example use it as
+// such: HOLYSHEEP_API_KEY=key and HOLYSHEEP_BASE_URL=its URL. The example
+// then runs exactly as with a real key, without a network. The server is
+// closed when the test ends.
+func Upstream(t testing.TB, key string, opts ...llmtest.Option) (*llmtest.Server, []string) {
+	t.Helper()
+	srv := llmtest.NewServer(append(opts, llmtest.WithAPIKey(key))...)
+	t.Cleanup(srv.Close)
+	return srv, []string{llmdrain.EnvAPIKey + "=" + key, llmdrain.EnvBaseURL + "=" + srv.URL}
+}
+
+// envProblem says what is wrong with a child's env that sets an API key
+// without a loopback base URL, with which the example would call the real
+// endpoint; "" when nothing is.
+func envProblem(env []string) string {
+	var key, base string
+	for _, kv := range env {
+		k, v, _ := strings.Cut(kv, "=")
+		switch k {
+		case llmdrain.EnvAPIKey:
+			key = v
+		case llmdrain.EnvBaseURL:
+			base = v
+		}
+	}
+	if key == "" {
+		return ""
+	}
+	u, err := url.Parse(base)
+	if err != nil || u.Hostname() == "" {
+		return fmt.Sprintf("proctest: %s is set without a valid %s: the example would call the real API; use Upstream",
+			llmdrain.EnvAPIKey, llmdrain.EnvBaseURL)
+	}
+	if ip := net.ParseIP(u.Hostname()); u.Hostname() != "localhost" && (ip == nil || !ip.IsLoopback()) {
+		return fmt.Sprintf("proctest: %s=%s is not a loopback address: tests must not reach a real API; use Upstream",
+			llmdrain.EnvBaseURL, u.Redacted())
+	}
+	return ""
+}
 
 // Proc is a running example process.
 type Proc struct {
@@ -107,10 +154,15 @@ const (
 func (s Stream) String() string { return [...]string{"stdout", "stderr"}[s] }
 
 // Start runs bin with args and env added to the test's environment (minus
-// the HolySheep and fake-LLM variables). The process is killed, if still
-// running, when the test ends.
+// the HolySheep and fake-LLM variables, which only env can set). An env
+// that sets HOLYSHEEP_API_KEY must point HOLYSHEEP_BASE_URL at a loopback
+// address, such as Upstream's. The process is killed, if still running,
+// when the test ends.
 func Start(t testing.TB, bin string, env []string, args ...string) *Proc {
 	t.Helper()
+	if problem := envProblem(env); problem != "" {
+		t.Fatal(problem)
+	}
 	p := &Proc{t: t, cmd: exec.Command(bin, args...), changed: make(chan struct{}), exited: make(chan struct{})}
 	for _, kv := range os.Environ() {
 		if !hasAnyPrefix(kv, scrubbed) {
