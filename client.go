@@ -2,9 +2,11 @@ package llmdrain
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
+	"net/url"
 
 	openai "github.com/sashabaranov/go-openai"
 	"golang.org/x/sync/semaphore"
@@ -52,6 +54,14 @@ func New(cfg Config) (*Client, error) {
 		logger:         r.Logger,
 		endpoints:      r.endpoints,
 		failoverAfter:  int32(r.FailoverAfter),
+		key:            secret(r.APIKey),
+		apiError:       envelopeError,
+	}
+	for _, ep := range r.endpoints {
+		u, err := url.Parse(ep) // valid: resolve checked it
+		if err == nil {
+			tr.origins = append(tr.origins, origin(u))
+		}
 	}
 	if r.MaxConcurrent > 0 {
 		tr.sem = semaphore.NewWeighted(int64(r.MaxConcurrent))
@@ -62,7 +72,8 @@ func New(cfg Config) (*Client, error) {
 		Jar:           r.HTTPClient.Jar,
 		Timeout:       r.HTTPClient.Timeout,
 	}
-	oc := openai.DefaultConfig(r.APIKey)
+	// No key for go-openai: the transport adds it, to the endpoints only.
+	oc := openai.DefaultConfig("")
 	oc.BaseURL = r.endpoints[0]
 	oc.HTTPClient = hc
 	return &Client{
@@ -102,6 +113,12 @@ func (c *Client) Chat(ctx context.Context, prompt string) (string, error) {
 // real status code, even after retries ran out (its HTTPStatus then says
 // how many attempts were made); errors.Is matches ErrDraining,
 // ErrForcedShutdown and context errors.
+//
+// Every method, OpenAI()'s included, reads at most 1 MiB of an error
+// response's body, and replaces the API key with "[redacted]" in it, should
+// the server quote it. A 2xx response whose JSON body is an error,
+// {"error": {...}}, as some gateways send, is an *openai.APIError with that
+// 2xx status rather than an empty success; it is not retried.
 func (c *Client) CreateChatCompletion(ctx context.Context, req openai.ChatCompletionRequest) (openai.ChatCompletionResponse, error) {
 	if req.Model == "" {
 		req.Model = c.model
@@ -117,9 +134,9 @@ func (c *Client) CreateChatCompletion(ctx context.Context, req openai.ChatComple
 // received may still be returned by Recv after the call stopped counting.)
 //
 // A stream that ends without the API's terminating "data: [DONE]" event (a
-// connection cut mid-answer) makes Recv return an error matching
-// io.ErrUnexpectedEOF rather than io.EOF, so a truncated answer is never
-// taken for a complete one.
+// connection cut mid-answer, or a 2xx answer that was no stream at all)
+// makes Recv return an error matching io.ErrUnexpectedEOF rather than
+// io.EOF, so a truncated answer is never taken for a complete one.
 func (c *Client) CreateChatCompletionStream(ctx context.Context, req openai.ChatCompletionRequest) (*openai.ChatCompletionStream, error) {
 	if req.Model == "" {
 		req.Model = c.model
@@ -146,6 +163,19 @@ func (c *Client) Shutdown(ctx context.Context) error {
 	err := c.tracker.Drain(ctx)
 	c.http.CloseIdleConnections()
 	return err
+}
+
+// envelopeError is the transport's apiError: the *openai.APIError of a 2xx
+// response whose body is {"error": {...}}, with the response's status, as
+// go-openai makes it for an error status; nil for any other body.
+func envelopeError(resp *http.Response, body []byte) error {
+	var er openai.ErrorResponse
+	if err := json.Unmarshal(body, &er); err != nil || er.Error == nil {
+		return nil
+	}
+	er.Error.HTTPStatus = resp.Status + " (llmdrain: an error in a successful response)"
+	er.Error.HTTPStatusCode = resp.StatusCode
+	return er.Error
 }
 
 // String describes the client without its key.

@@ -35,9 +35,12 @@ var ErrInvalidConfig = errors.New("llmdrain: invalid config")
 // in $HOLYSHEEP_API_KEY: it talks to DefaultBaseURL with DefaultModel and
 // the default retry policy.
 //
-// Printing a Config (any fmt verb, or slog) never shows the API key.
+// Printing a Config (any fmt verb, or slog) never shows the API key, nor
+// the credentials, query or fragment of its URLs.
 type Config struct {
-	// APIKey is sent as a bearer token. Empty means $HOLYSHEEP_API_KEY.
+	// APIKey is sent as a bearer token to the endpoints (the scheme and
+	// host of BaseURL and FallbackURLs) and nowhere else, redirects
+	// included. Empty means $HOLYSHEEP_API_KEY.
 	APIKey string
 	// BaseURL is the OpenAI-compatible API root, such as
 	// "https://api.holysheep.ai/v1". Empty means $HOLYSHEEP_BASE_URL, then
@@ -59,8 +62,10 @@ type Config struct {
 	MaxConcurrent int
 	// AttemptTimeout bounds one HTTP attempt: the whole exchange for a
 	// plain call, the wait for response headers for a stream. An attempt
-	// that times out is retried. 0 means no bound but the caller's context,
-	// which always bounds the whole call, retries included.
+	// that times out is retried; when the last one times out, the call's
+	// error matches context.DeadlineExceeded, as net/http's Client.Timeout
+	// errors do. 0 means no bound but the caller's context, which always
+	// bounds the whole call, retries included.
 	AttemptTimeout time.Duration
 	// HTTPClient supplies the base transport (its Transport, or
 	// http.DefaultTransport when nil), redirect policy, cookie jar and
@@ -120,9 +125,26 @@ func redact(key string) string {
 
 func redactURL(s string) string {
 	if u, err := url.Parse(s); err == nil {
-		return u.Redacted()
+		return redactedURL(u)
 	}
 	return "[unparseable]"
+}
+
+// redactedURL is u as printed: its user name as well as its password (a
+// key pasted as "https://KEY@host" is in the user name), its query (as in
+// "?api-key=KEY") and its fragment are replaced by "xxxxx".
+func redactedURL(u *url.URL) string {
+	v := *u
+	if v.User != nil {
+		v.User = url.User("xxxxx")
+	}
+	if v.RawQuery != "" {
+		v.RawQuery = "xxxxx"
+	}
+	if v.Fragment != "" {
+		v.Fragment, v.RawFragment = "xxxxx", ""
+	}
+	return v.String()
 }
 
 func redactURLs(ss []string) []string {
@@ -242,7 +264,7 @@ func checkURL(s string) string {
 	if err != nil {
 		return "not a valid URL"
 	}
-	shown := u.Redacted()
+	shown := redactedURL(u)
 	switch {
 	case u.Scheme != "http" && u.Scheme != "https":
 		return fmt.Sprintf("%q: scheme must be http or https", shown)
@@ -250,7 +272,9 @@ func checkURL(s string) string {
 		return fmt.Sprintf("%q: no host", shown)
 	case u.User != nil:
 		return fmt.Sprintf("%q: must not contain credentials; use APIKey", shown)
-	case u.RawQuery != "" || u.Fragment != "":
+	case u.RawQuery != "" || u.ForceQuery || strings.Contains(s, "#"):
+		// Even an empty "?" or "#": paths are appended to the URL as a
+		// string, and would end up in the query or fragment.
 		return fmt.Sprintf("%q: must not have a query or fragment", shown)
 	case u.Scheme == "http" && !isLoopback(u.Hostname()):
 		return fmt.Sprintf("%q: plain http would send the API key unencrypted; use https (http is allowed for loopback hosts only)", shown)

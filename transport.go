@@ -3,12 +3,14 @@ package llmdrain
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
 	"net/url"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -20,11 +22,30 @@ import (
 
 // errAttemptTimeout is the cause of an attempt cancelled by
 // Config.AttemptTimeout; the attempt is retried like a connection error.
-var errAttemptTimeout = errors.New("llmdrain: attempt timed out")
+// When the retries run out it is in the call's error, which then, like
+// net/http's Client.Timeout errors, matches context.DeadlineExceeded and
+// reports Timeout() true: without that, a call whose every attempt timed
+// out would end in an error no caller could recognise.
+var errAttemptTimeout error = attemptTimeoutError{}
+
+type attemptTimeoutError struct{}
+
+func (attemptTimeoutError) Error() string        { return "llmdrain: attempt timed out" }
+func (attemptTimeoutError) Timeout() bool        { return true }
+func (attemptTimeoutError) Is(target error) bool { return target == context.DeadlineExceeded }
 
 // drainLimit bounds how much of a failed response is read before retrying,
 // so the connection can be reused without trusting the server's body size.
 const drainLimit = 64 << 10
+
+// maxErrorBody bounds the body of a failed response handed to go-openai,
+// which reads it whole into memory and into its error: far above any real
+// error, far below what a broken or hostile server can send.
+const maxErrorBody = 1 << 20
+
+// maxSniff bounds how much of a successful body is looked at to recognise
+// an error envelope; see envelopeBody.
+const maxSniff = 512
 
 // transport is the http.RoundTripper under every go-openai call made through
 // a Client. Per call it: registers with the Tracker (refusing with
@@ -41,6 +62,19 @@ type transport struct {
 	maxRetryAfter  time.Duration
 	attemptTimeout time.Duration
 	logger         *slog.Logger // nil: silent
+
+	// key is the API key. go-openai is given none: the transport sets the
+	// Authorization header itself, on attempts whose URL is at one of the
+	// origins only. So the key goes nowhere the Config did not name, not
+	// even on a redirect that Go's policy would let it follow (to a
+	// subdomain, or to plain http on the same host), and printing the
+	// go-openai client does not show it.
+	key     secret
+	origins []string // "scheme://host" of each endpoint, lower case
+	// apiError turns a 2xx response whose body is an API error envelope
+	// into the error go-openai would have made of it with an error status;
+	// nil if the body is no such envelope. See envelopeBody.
+	apiError func(resp *http.Response, body []byte) error
 
 	// endpoints are base URLs; requests are built against endpoints[0] and
 	// rewritten to endpoints[cur].
@@ -65,13 +99,36 @@ func (t *transport) RoundTrip(req *http.Request) (*http.Response, error) {
 		}
 		release = func() { t.sem.Release(1); done() }
 	}
+	// Until the body takes the call over, it is released on every way out,
+	// a panic included: ShouldRetry, Backoff and the Logger are the
+	// caller's code, and a call never released would hold every later
+	// drain until its deadline.
+	handedOver := false
+	defer func() {
+		if !handedOver {
+			release()
+		}
+	}()
 	resp, finish, err := t.attempts(ctx, req)
 	if err != nil {
-		release()
 		return nil, err
 	}
-	tb := &trackedBody{rc: resp.Body, ctx: ctx, release: func() { finish(); release() }}
-	if resp.StatusCode/100 == 2 && isSSE(resp) && endsWithDone(req.URL.Path) {
+	handedOver = true
+
+	body := resp.Body
+	ok := resp.StatusCode/100 == 2
+	stream := strings.Contains(req.Header.Get("Accept"), "text/event-stream")
+	switch {
+	case resp.StatusCode < 200 || resp.StatusCode >= 400: // go-openai's failure statuses
+		body = &errorBody{rc: body, key: t.key}
+	case ok && t.apiError != nil && !isSSE(resp) && (stream || strings.Contains(req.Header.Get("Accept"), "application/json")):
+		body = &envelopeBody{rc: body, resp: resp, key: t.key, apiError: t.apiError}
+	}
+	tb := &trackedBody{rc: body, ctx: ctx, release: func() { finish(); release() }}
+	// A stream request answered 2xx must end with [DONE] whatever its
+	// Content-Type says: a server that ignored "stream": true or sent a
+	// JSON body must not pass for a complete, empty stream.
+	if ok && (isSSE(resp) || stream) && endsWithDone(req.URL.Path) {
 		tb.sse = new(sseWatcher)
 	}
 	resp.Body = tb
@@ -119,7 +176,11 @@ func (t *transport) attempts(ctx context.Context, req *http.Request) (*http.Resp
 			return nil, nil, callError(ctx, err)
 		}
 		if err != nil && context.Cause(actx) == errAttemptTimeout {
-			err = fmt.Errorf("%w after %v: %w", errAttemptTimeout, t.attemptTimeout, err)
+			if err == errAttemptTimeout { // net/http returns the cause as it is
+				err = fmt.Errorf("%w after %v", errAttemptTimeout, t.attemptTimeout)
+			} else {
+				err = fmt.Errorf("%w after %v: %w", errAttemptTimeout, t.attemptTimeout, err)
+			}
 		}
 		if !t.shouldRetry(resp, err) {
 			if err != nil {
@@ -204,8 +265,19 @@ func (t *transport) prepare(ctx context.Context, req *http.Request, ep int32, ge
 			areq.Host = ""
 		}
 	}
+	if t.key != "" && t.atEndpoint(areq.URL) {
+		areq.Header.Set("Authorization", "Bearer "+string(t.key))
+	}
 	return areq, nil
 }
+
+// atEndpoint reports whether u has the scheme and host of an endpoint, the
+// only places the key is sent.
+func (t *transport) atEndpoint(u *url.URL) bool {
+	return slices.Contains(t.origins, origin(u))
+}
+
+func origin(u *url.URL) string { return strings.ToLower(u.Scheme + "://" + u.Host) }
 
 // rebase moves a URL built against the primary endpoint to endpoint ep.
 func (t *transport) rebase(u *url.URL, ep int32) (*url.URL, bool) {
@@ -393,3 +465,149 @@ func (t *transport) CloseIdleConnections() {
 		c.CloseIdleConnections()
 	}
 }
+
+// secret holds the API key; it prints as "[redacted]" with every verb.
+type secret string
+
+func (secret) Format(f fmt.State, _ rune) { io.WriteString(f, "[redacted]") }
+
+// scrub replaces the key wherever it appears in b. A server that echoes the
+// key in an error would otherwise put it into the error's text, and from
+// there into logs. When b was cut short, a key cut in two at its end is
+// dropped too.
+func scrub(b []byte, key secret, cut bool) []byte {
+	if key == "" {
+		return b
+	}
+	b = bytes.ReplaceAll(b, []byte(key), []byte("[redacted]"))
+	if cut {
+		b = b[:len(b)-min(len(b), len(key)-1)]
+	}
+	return b
+}
+
+// readBounded reads rc to its end if that is at most limit bytes away, and
+// reports whether it was not: then b holds what was read, one byte more
+// than limit.
+func readBounded(rc io.Reader, limit int) (b []byte, more bool, err error) {
+	b, err = io.ReadAll(io.LimitReader(rc, int64(limit)+1))
+	return b, len(b) > limit, err
+}
+
+// errorBody is the body of a failed response as go-openai gets it: read
+// whole on first use but bounded to maxErrorBody bytes, the key scrubbed.
+// go-openai reads error bodies with io.ReadAll, and puts them into its
+// errors, so an endless body would otherwise be read into memory to its
+// end. Past the bound the body ends as if it were complete.
+type errorBody struct {
+	rc  io.ReadCloser
+	key secret
+	r   io.Reader // nil until the first Read
+}
+
+func (b *errorBody) Read(p []byte) (int, error) {
+	if b.r == nil {
+		data, more, err := readBounded(b.rc, maxErrorBody)
+		// Closed now, as go-openai does not always close an error body:
+		// unread, net/http drops the connection rather than read the rest.
+		b.rc.Close()
+		if more {
+			data = data[:maxErrorBody]
+		}
+		b.r = bytes.NewReader(scrub(data, b.key, more))
+		if err != nil {
+			b.r = io.MultiReader(b.r, errReader{err})
+		}
+	}
+	return b.r.Read(p)
+}
+
+func (b *errorBody) Close() error { return b.rc.Close() }
+
+// envelopeBody watches the start of a successful JSON response for the
+// error envelope {"error": {...}} that some gateways send with status 200.
+// go-openai would decode it into an empty response and report success (or,
+// on a stream, a complete empty stream); instead the body's first Read
+// returns the error built by apiError, so the call fails with an
+// *openai.APIError. Anything else is passed through untouched.
+type envelopeBody struct {
+	rc       io.ReadCloser
+	resp     *http.Response
+	key      secret
+	apiError func(*http.Response, []byte) error
+	r        io.Reader // nil until the first Read
+}
+
+func (b *envelopeBody) Read(p []byte) (int, error) {
+	if b.r == nil {
+		b.r = b.sniff()
+	}
+	return b.r.Read(p)
+}
+
+func (b *envelopeBody) Close() error { return b.rc.Close() }
+
+// sniff reads enough of the body to tell an error envelope, and returns
+// what the body reads as from now on.
+func (b *envelopeBody) sniff() io.Reader {
+	buf := make([]byte, maxSniff)
+	var (
+		head []byte
+		is   bool
+		err  error
+	)
+	for {
+		var n int
+		n, err = b.rc.Read(buf[len(head):])
+		head = buf[:len(head)+n]
+		var decided bool
+		if is, decided = envelopeStart(head); decided || err != nil || len(head) == maxSniff {
+			break
+		}
+	}
+	switch {
+	case !is && err != nil:
+		return io.MultiReader(bytes.NewReader(head), errReader{err})
+	case !is:
+		return io.MultiReader(bytes.NewReader(head), b.rc)
+	case err != nil && err != io.EOF:
+		return io.MultiReader(bytes.NewReader(head), errReader{err})
+	}
+	// An envelope begins: read it whole, if it is of an error's size.
+	whole := head
+	if err == nil {
+		tail, more, err := readBounded(b.rc, maxErrorBody)
+		whole = append(whole, tail...)
+		switch {
+		case more: // too large for an error: pass it on as it is
+			return io.MultiReader(bytes.NewReader(whole), b.rc)
+		case err != nil:
+			return io.MultiReader(bytes.NewReader(whole), errReader{err})
+		}
+	}
+	if aerr := b.apiError(b.resp, scrub(whole, b.key, false)); aerr != nil {
+		return errReader{aerr}
+	}
+	return bytes.NewReader(whole)
+}
+
+// envelopeStart reports whether a JSON document beginning with head is an
+// object whose first member is "error" holding an object, and whether head
+// is long enough to tell.
+func envelopeStart(head []byte) (is, decided bool) {
+	dec := json.NewDecoder(bytes.NewReader(head))
+	for _, want := range []any{json.Delim('{'), "error", json.Delim('{')} {
+		tok, err := dec.Token()
+		if err == io.EOF || errors.Is(err, io.ErrUnexpectedEOF) {
+			return false, false
+		}
+		if err != nil || tok != want {
+			return false, true
+		}
+	}
+	return true, true
+}
+
+type errReader struct{ err error }
+
+func (r errReader) Read([]byte) (int, error) { return 0, r.err }
