@@ -59,6 +59,7 @@ type Shutdown struct {
 	drains   []namedDrain
 	triggers chan struct{}
 	stopCh   chan struct{} // closed when the shutdown begins
+	sigCh    chan os.Signal // nil until Notify
 	stopping atomic.Bool
 	ran      atomic.Bool
 }
@@ -151,12 +152,38 @@ func (s *Shutdown) triggerChan() chan struct{} {
 	return s.triggers
 }
 
+// Notify starts watching the stop signals now. Call it before serving
+// traffic when Run starts later or in another goroutine: until the signals
+// are watched they keep their default action, and a SIGTERM arriving in
+// that window would kill the process without a drain. Signals received
+// before Run are kept for it (two at most, the second forcing). Run calls
+// Notify itself; calling it more than once is harmless.
+func (s *Shutdown) Notify() { s.notify() }
+
+func (s *Shutdown) notify() chan os.Signal {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.sigCh == nil {
+		s.sigCh = make(chan os.Signal, 2)
+		signal.Notify(s.sigCh, s.signals()...)
+	}
+	return s.sigCh
+}
+
+func (s *Shutdown) signals() []os.Signal {
+	if len(s.Signals) == 0 {
+		return []os.Signal{syscall.SIGTERM, os.Interrupt}
+	}
+	return s.Signals
+}
+
 // Run watches for the stop signals and, at the first one, performs the
 // shutdown sequence described on Shutdown; ctx ending counts as the first
-// signal. Until Run has started, the stop signals keep their default
-// action (a SIGTERM kills the process), so start Run, in its own goroutine,
-// before serving traffic. It returns nil when every drain finished within
-// the timeout, and
+// signal. Until Run (or Notify) has started watching them, the stop
+// signals keep their default action (a SIGTERM kills the process): call
+// Notify before serving traffic if Run comes later.
+//
+// Run returns nil when every drain finished within the timeout, and
 // otherwise the drains' errors joined, each naming its drain; errors.Is
 // matches ErrForcedShutdown after a second signal and
 // context.DeadlineExceeded after the timeout. Run is meant to be called
@@ -165,15 +192,10 @@ func (s *Shutdown) Run(ctx context.Context) error {
 	if s.ran.Swap(true) {
 		return errors.New("llmdrain: Shutdown.Run called twice")
 	}
-	sigs := s.Signals
-	if len(sigs) == 0 {
-		sigs = []os.Signal{syscall.SIGTERM, os.Interrupt}
-	}
-	ch := make(chan os.Signal, 2)
-	signal.Notify(ch, sigs...)
+	ch := s.notify()
 	defer signal.Stop(ch)
 	triggers := s.triggerChan()
-	s.log("shutdown: waiting for a signal", "signals", fmt.Sprint(sigs))
+	s.log("shutdown: waiting for a signal", "signals", fmt.Sprint(s.signals()))
 
 	select {
 	case sig := <-ch:

@@ -229,6 +229,8 @@ func runChild(mode string) int {
 	}
 	sd := &Shutdown{Timeout: time.Minute, Logger: logger}
 	sd.Register("llm", c.Shutdown)
+	sd.Notify() // from here on a SIGTERM is kept for Run
+	logger.Info("signals watched")
 
 	result := make(chan string, 1)
 	go func() {
@@ -239,8 +241,15 @@ func runChild(mode string) int {
 		}
 		result <- "RESULT: " + text
 	}()
+	if mode == "early" {
+		// The parent signals before Run has started: Notify kept it.
+		logger.Info("calling without Run")
+		fmt.Println(<-result)
+	}
 	err = sd.Run(context.Background())
-	fmt.Println(<-result)
+	if mode != "early" {
+		fmt.Println(<-result)
+	}
 	_, lateErr := c.Chat(context.Background(), "late")
 	fmt.Println("LATE REFUSED:", errors.Is(lateErr, ErrDraining))
 	if err != nil {
@@ -339,6 +348,24 @@ func TestSIGTERMLetsCallFinish(t *testing.T) {
 	assert.Contains(t, out, "LATE REFUSED: true")
 	assert.Equal(t, 1, settled(t, srv).Completed("child sigterm"))
 	assert.Equal(t, 1, srv.Stats().Requests, "the late call never reached the server")
+}
+
+// TestSIGTERMBeforeRunIsKept signals a child that called Notify but has not
+// reached Run yet: the signal is not fatal, and Run drains on it.
+func TestSIGTERMBeforeRunIsKept(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a child process")
+	}
+	srv := newServer(t, llmtest.WithLatency(300*time.Millisecond))
+	ch := startChild(t, "early", srv.URL)
+	ch.waitLine(t, "calling without Run")
+	waitInFlight(t, srv, 1)
+	require.NoError(t, ch.cmd.Process.Signal(syscall.SIGTERM))
+	code := ch.wait(t, 30*time.Second)
+	out := ch.stdout.String()
+	assert.Equal(t, 0, code, "stdout: %s", out)
+	assert.Contains(t, out, "RESULT: "+llmtest.Reply("child early"))
+	assert.Contains(t, out, "LATE REFUSED: true")
 }
 
 func TestSecondSIGTERMForcesExit(t *testing.T) {
