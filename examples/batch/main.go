@@ -107,6 +107,7 @@ func run(args []string, stdout io.Writer, stderr *os.File) int {
 	// and the running ones finish. A second one cuts them.
 	sd := &llmdrain.Shutdown{Timeout: *grace, Logger: logger}
 	sd.Register("llm", client.Shutdown)
+	sd.Notify() // a signal from now on is kept for Run, never fatal
 	runCtx, stop := context.WithCancel(context.Background())
 	shutdownErr := make(chan error, 1)
 	go func() { shutdownErr <- sd.Run(runCtx) }()

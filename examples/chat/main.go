@@ -78,6 +78,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	// cancelling our call with ErrForcedShutdown.
 	sd := &llmdrain.Shutdown{Timeout: *grace, Logger: logger}
 	sd.Register("llm", client.Shutdown)
+	sd.Notify() // a signal from now on is kept for Run, never fatal
 
 	// Ending runCtx after the call counts as the first signal when none
 	// came, so Run drains nothing and returns.

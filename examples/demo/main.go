@@ -44,7 +44,6 @@ import (
 	"net/http"
 	"net/url"
 	"os"
-	"os/signal"
 	"sync"
 	"syscall"
 	"time"
@@ -125,12 +124,9 @@ func run(stdout *os.File) int {
 		d.drainEnded(time.Now(), err)
 		return err
 	})
-	// Run catches SIGTERM from the moment it starts. Catching it here too,
-	// before Run may have started, guarantees that the signal we send
-	// never takes its default action (exit).
-	guard := make(chan os.Signal, 1)
-	signal.Notify(guard, syscall.SIGTERM)
-	defer signal.Stop(guard)
+	// Watch SIGTERM now, before Run may have started, so the signal we
+	// send never takes its default action (exit).
+	sd.Notify()
 	d.start = time.Now()
 	p.start = d.start
 	shutdownErr := make(chan error, 1)

@@ -99,6 +99,9 @@ func run() int {
 	// client drains whatever is left.
 	sd.RegisterServer("http", srv)
 	sd.Register("llm", client.Shutdown)
+	// Watch the signals before serving: a SIGTERM in the moment before
+	// Run starts must drain, not kill.
+	sd.Notify()
 
 	ctx, cancel := context.WithCancelCause(context.Background())
 	defer cancel(nil)

@@ -82,6 +82,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	// stream until it is closed; a second one cancels it.
 	sd := &llmdrain.Shutdown{Timeout: *grace, Logger: logger}
 	sd.Register("llm", client.Shutdown)
+	sd.Notify() // a signal from now on is kept for Run, never fatal
 	runCtx, stop := context.WithCancel(context.Background())
 	shutdownErr := make(chan error, 1)
 	go func() { shutdownErr <- sd.Run(runCtx) }()
