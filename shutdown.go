@@ -58,7 +58,7 @@ type Shutdown struct {
 	mu       sync.Mutex
 	drains   []namedDrain
 	triggers chan struct{}
-	stopCh   chan struct{} // closed when the shutdown begins
+	stopCh   chan struct{}  // closed when the shutdown begins
 	sigCh    chan os.Signal // nil until Notify
 	stopping atomic.Bool
 	ran      atomic.Bool
