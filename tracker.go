@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"sort"
 	"strings"
 	"sync"
@@ -27,9 +28,17 @@ var ErrForcedShutdown = errors.New("llmdrain: forced shutdown, call cancelled at
 // total time bounded at ctx's deadline plus this grace.
 const forceGrace = time.Second
 
-// numShards spreads the registry of in-flight calls over several locks so
-// that concurrent Begin and done calls rarely contend on the same one.
+// numShards spreads the registry and count of in-flight calls over several
+// locks and cache lines, so that concurrent Begin and done calls rarely
+// contend on the same one.
 const numShards = 32
+
+// epoch is the origin of the monotonic start times kept for calls in flight.
+var epoch = time.Now()
+
+// cacheLine is the padding unit that keeps independently written fields off
+// one cache line; 128 covers CPUs that fetch lines in adjacent pairs.
+const cacheLine = 128
 
 // A Tracker is a registry of in-flight outbound calls that can be drained:
 // once Drain begins it admits no new call, waits for the calls in flight to
@@ -39,9 +48,12 @@ const numShards = 32
 // admission control and a forced phase. A zero Tracker is valid and ready to
 // use. A Tracker must not be copied after first use.
 type Tracker struct {
-	inflight atomic.Int64
-	draining atomic.Bool
-	nextID   atomic.Uint64
+	// No word is written by every call: the count of calls in flight is
+	// kept per shard, and only a drain adds the shards up.
+	draining   atomic.Bool
+	forceFlag  atomic.Bool // set before the forced phase cancels calls
+	idleClosed atomic.Bool
+	deadline   atomic.Int64 // earliest drain deadline in Unix nanoseconds, 0 if none
 
 	// mu guards the lazily created channels and the outcome of a forced
 	// drain. It is never taken on the Begin/done fast path.
@@ -50,26 +62,33 @@ type Tracker struct {
 	forced    chan struct{} // closed once a forced drain has its verdict
 	forcing   bool
 	forcedErr error
+	_         [cacheLine]byte
 
-	idleClosed atomic.Bool
-	forceFlag  atomic.Bool  // set before the forced phase cancels calls
-	deadline   atomic.Int64 // earliest drain deadline in Unix nanoseconds, 0 if none
-	shards     [numShards]shard
+	shards [numShards]shard
 }
 
+// shard holds a share of the calls in flight, and counts them. The calls
+// are kept in reusable slots, so that registering one allocates nothing
+// beyond its context and its done func, which closes over the slot's index
+// and generation: a second done finds the generation moved on and does
+// nothing.
 type shard struct {
-	mu    sync.Mutex
-	calls map[uint64]*call
-	_     [64 - 16]byte // keep neighbouring shards off one cache line
+	n     atomic.Int64 // calls begun here and not done, refused ones for a moment
+	mu    sync.Mutex   // guards the rest
+	slots []slot
+	free  int32  // 1 + index of the first free slot, 0 when none
+	seq   uint64 // calls registered here, for IDs
+	_     [cacheLine - 56]byte
 }
 
-type call struct {
-	id      uint64
-	label   string
-	started time.Time
-	cancel  context.CancelCauseFunc
-	t       *Tracker
-	done    atomic.Bool
+// slot is one call in flight (cancel != nil) or a free slot.
+type slot struct {
+	gen      uint64 // bumped each time the slot is released
+	cancel   context.CancelCauseFunc
+	id       uint64
+	label    string
+	started  time.Duration // since epoch, on the monotonic clock
+	nextFree int32         // while free: like shard.free, the next free slot
 }
 
 // NewTracker returns a new, empty Tracker. It is equivalent to new(Tracker).
@@ -90,47 +109,69 @@ func (t *Tracker) Begin(ctx context.Context) (context.Context, func(), error) {
 
 // begin is Begin with a label used to name the call if a drain is forced.
 func (t *Tracker) begin(ctx context.Context, label string) (context.Context, func(), error) {
-	// Count first, then check: together with done's decrement-then-check
-	// this guarantees that Drain either sees the call or the call sees the
-	// drain, without a lock shared by all calls.
-	t.inflight.Add(1)
+	// Any shard will do: a random one spreads the calls over the locks
+	// without a counter that every call would write.
+	si := rand.Uint32() % numShards
+	s := &t.shards[si]
+	// Count first, then check; Drain sets draining first, then adds the
+	// counts up. With done's decrement-then-check this guarantees that
+	// Drain either sees the call or the call sees the drain, without a
+	// word shared by all calls.
+	s.n.Add(1)
 	if t.draining.Load() {
-		t.release()
+		t.release(s)
 		return ctx, func() {}, ErrDraining
 	}
 	cctx, cancel := context.WithCancelCause(ctx)
-	c := &call{id: t.nextID.Add(1), label: label, started: time.Now(), cancel: cancel, t: t}
-	s := &t.shards[c.id%numShards]
+	// time.Now reads two clocks, which costs as much as the rest of Begin
+	// on some machines; the monotonic one is enough here, and cancelAll
+	// rebuilds the wall time of the few calls it reports.
+	now := time.Since(epoch)
 	s.mu.Lock()
-	if s.calls == nil {
-		s.calls = make(map[uint64]*call)
+	i := s.free - 1
+	if i >= 0 {
+		s.free = s.slots[i].nextFree
+	} else {
+		s.slots = append(s.slots, slot{})
+		i = int32(len(s.slots) - 1)
 	}
-	s.calls[c.id] = c
+	sl := &s.slots[i]
+	s.seq++
+	sl.cancel, sl.id, sl.label, sl.started = cancel, s.seq*numShards+uint64(si), label, now
+	gen := sl.gen
 	s.mu.Unlock()
 	// A forced phase that scanned this shard before the insert cannot have
 	// seen the call; it set forceFlag before scanning, so the call sees it.
 	if t.forceFlag.Load() {
 		cancel(ErrForcedShutdown)
 	}
-	return cctx, c.finish, nil
+	return cctx, func() { t.finish(si, i, gen) }, nil
 }
 
-func (c *call) finish() {
-	if c.done.Swap(true) {
-		return
-	}
-	s := &c.t.shards[c.id%numShards]
+// finish is the done of the call in slot i of shard si, generation gen.
+func (t *Tracker) finish(si uint32, i int32, gen uint64) {
+	s := &t.shards[si]
 	s.mu.Lock()
-	delete(s.calls, c.id)
+	sl := &s.slots[i]
+	if sl.gen != gen {
+		s.mu.Unlock()
+		return // done already
+	}
+	cancel := sl.cancel
+	// Field by field: assigning a whole slot costs a typed copy.
+	sl.gen, sl.cancel, sl.label, sl.nextFree = gen+1, nil, "", s.free
+	s.free = i + 1
 	s.mu.Unlock()
-	c.cancel(context.Canceled)
-	c.t.release()
+	cancel(context.Canceled)
+	t.release(s)
 }
 
-// release takes one call off the count and, when it was the last one during
-// a drain, wakes the drainers.
-func (t *Tracker) release() {
-	if t.inflight.Add(-1) == 0 && t.draining.Load() {
+// release takes one call off s's count and, when it was the last one in
+// flight during a drain, wakes the drainers. Of the calls ending together,
+// the last to decrement sees every other decrement in its sum.
+func (t *Tracker) release(s *shard) {
+	s.n.Add(-1)
+	if t.draining.Load() && t.InFlight() == 0 {
 		t.signalIdle()
 	}
 }
@@ -150,7 +191,13 @@ func (t *Tracker) signalIdle() {
 }
 
 // InFlight reports how many calls have begun and not yet called done.
-func (t *Tracker) InFlight() int { return int(t.inflight.Load()) }
+func (t *Tracker) InFlight() int {
+	var n int64
+	for i := range t.shards {
+		n += t.shards[i].n.Load()
+	}
+	return int(n)
+}
 
 // Draining reports whether a drain has begun. Once true it stays true.
 func (t *Tracker) Draining() bool { return t.draining.Load() }
@@ -196,7 +243,7 @@ func (t *Tracker) Drain(ctx context.Context) error {
 	t.mu.Unlock()
 
 	t.draining.Store(true)
-	if t.inflight.Load() == 0 {
+	if t.InFlight() == 0 {
 		t.signalIdle()
 	}
 
@@ -265,22 +312,30 @@ func (t *Tracker) force(cause error, idle <-chan struct{}) {
 // cancelAll cancels every registered call and describes them, oldest first.
 func (t *Tracker) cancelAll() []CallInfo {
 	var infos []CallInfo
+	now, mono := time.Now(), time.Since(epoch)
 	for i := range t.shards {
 		s := &t.shards[i]
 		s.mu.Lock()
-		for _, c := range s.calls {
-			c.cancel(ErrForcedShutdown)
-			infos = append(infos, CallInfo{ID: c.id, Label: c.label, Started: c.started})
+		for j := range s.slots {
+			if sl := &s.slots[j]; sl.cancel != nil {
+				sl.cancel(ErrForcedShutdown)
+				infos = append(infos, CallInfo{ID: sl.id, Label: sl.label, Started: now.Add(sl.started - mono)})
+			}
 		}
 		s.mu.Unlock()
 	}
-	sort.Slice(infos, func(i, j int) bool { return infos[i].ID < infos[j].ID })
+	sort.Slice(infos, func(i, j int) bool {
+		if d := infos[i].Started.Compare(infos[j].Started); d != 0 {
+			return d < 0
+		}
+		return infos[i].ID < infos[j].ID
+	})
 	return infos
 }
 
 // CallInfo describes a call that was still in flight when a drain was forced.
 type CallInfo struct {
-	ID      uint64    // sequence number given by Begin, unique per Tracker
+	ID      uint64    // number given by Begin, unique per Tracker
 	Label   string    // for calls made through a Client, "METHOD /path"; empty for bare Begin
 	Started time.Time // when Begin registered the call
 }
