@@ -55,12 +55,13 @@ func New(cfg Config) (*Client, error) {
 		endpoints:      r.endpoints,
 		failoverAfter:  int32(r.FailoverAfter),
 		key:            secret(r.APIKey),
+		bearer:         secret("Bearer " + r.APIKey),
 		apiError:       envelopeError,
 	}
 	for _, ep := range r.endpoints {
 		u, err := url.Parse(ep) // valid: resolve checked it
 		if err == nil {
-			tr.origins = append(tr.origins, origin(u))
+			tr.origins = append(tr.origins, origin{scheme: u.Scheme, host: u.Host})
 		}
 	}
 	if r.MaxConcurrent > 0 {

@@ -8,11 +8,11 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"net/http"
 	"net/url"
 	"slices"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -70,11 +70,14 @@ type transport struct {
 	// subdomain, or to plain http on the same host), and printing the
 	// go-openai client does not show it.
 	key     secret
-	origins []string // "scheme://host" of each endpoint, lower case
+	bearer  secret   // "Bearer " + key, made once
+	origins []origin // of each endpoint
 	// apiError turns a 2xx response whose body is an API error envelope
 	// into the error go-openai would have made of it with an error status;
 	// nil if the body is no such envelope. See envelopeBody.
 	apiError func(resp *http.Response, body []byte) error
+
+	labels atomic.Pointer[map[labelKey]string] // see label
 
 	// endpoints are base URLs; requests are built against endpoints[0] and
 	// rewritten to endpoints[cur].
@@ -85,20 +88,19 @@ type transport struct {
 }
 
 func (t *transport) RoundTrip(req *http.Request) (*http.Response, error) {
-	ctx, done, err := t.tracker.begin(req.Context(), req.Method+" "+req.URL.Path)
+	ctx, done, err := t.tracker.begin(req.Context(), t.label(req))
 	if err != nil {
 		closeBody(req)
 		return nil, err
 	}
-	release := done
 	if t.sem != nil {
 		if err := t.sem.Acquire(ctx, 1); err != nil {
 			closeBody(req)
 			done()
 			return nil, callError(ctx, err)
 		}
-		release = func() { t.sem.Release(1); done() }
 	}
+	tb := &trackedBody{ctx: ctx, done: done, sem: t.sem}
 	// Until the body takes the call over, it is released on every way out,
 	// a panic included: ShouldRetry, Backoff and the Logger are the
 	// caller's code, and a call never released would hold every later
@@ -106,7 +108,7 @@ func (t *transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	handedOver := false
 	defer func() {
 		if !handedOver {
-			release()
+			tb.release()
 		}
 	}()
 	resp, finish, err := t.attempts(ctx, req)
@@ -124,7 +126,7 @@ func (t *transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	case ok && t.apiError != nil && !isSSE(resp) && (stream || strings.Contains(req.Header.Get("Accept"), "application/json")):
 		body = &envelopeBody{rc: body, resp: resp, key: t.key, apiError: t.apiError}
 	}
-	tb := &trackedBody{rc: body, ctx: ctx, release: func() { finish(); release() }}
+	tb.rc, tb.finish = body, finish
 	// A stream request answered 2xx must end with [DONE] whatever its
 	// Content-Type says: a server that ignored "stream": true or sent a
 	// JSON body must not pass for a complete, empty stream.
@@ -135,11 +137,41 @@ func (t *transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	return resp, nil
 }
 
+// label names a call for a forced drain's report, "POST /v1/chat/completions".
+// Labels are cached per method and path, in a map that is replaced, never
+// written, so lookups take no lock: a client calls few endpoints, and
+// building the string anew would cost an allocation per call.
+func (t *transport) label(req *http.Request) string {
+	key := labelKey{req.Method, req.URL.Path}
+	cur := t.labels.Load()
+	if cur != nil {
+		if l, ok := (*cur)[key]; ok {
+			return l
+		}
+	}
+	l := req.Method + " " + req.URL.Path
+	if cur == nil || len(*cur) < maxLabels {
+		next := make(map[labelKey]string, 8)
+		if cur != nil {
+			maps.Copy(next, *cur)
+		}
+		next[key] = l
+		t.labels.CompareAndSwap(cur, &next) // a lost race only loses a cache entry
+	}
+	return l
+}
+
+type labelKey struct{ method, path string }
+
+// maxLabels bounds the label cache: paths with IDs in them (files,
+// batches) must not grow it without end.
+const maxLabels = 64
+
 // attempts runs the request until it succeeds, fails for good, or may not
 // wait any longer. On success it returns the response and a func that ends
 // the attempt's resources once the body is done.
 func (t *transport) attempts(ctx context.Context, req *http.Request) (*http.Response, func(), error) {
-	getBody, err := rewindable(req)
+	body, getBody, err := rewindable(req)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -147,27 +179,18 @@ func (t *transport) attempts(ctx context.Context, req *http.Request) (*http.Resp
 	stream := strings.Contains(req.Header.Get("Accept"), "text/event-stream")
 	for attempt := 1; ; attempt++ {
 		ep := t.cur.Load()
-		areq, err := t.prepare(ctx, req, ep, getBody)
-		if err != nil {
-			return nil, nil, err
+		if attempt > 1 && getBody != nil {
+			if body, err = getBody(); err != nil {
+				return nil, nil, fmt.Errorf("llmdrain: rewinding request body: %w", err)
+			}
 		}
-		actx, acancel := context.WithCancelCause(ctx)
-		var timer *time.Timer
-		if t.attemptTimeout > 0 {
-			timer = time.AfterFunc(t.attemptTimeout, func() { acancel(errAttemptTimeout) })
-		}
+		actx, end, timer := t.attemptContext(ctx)
 		countAttempt(ctx)
-		resp, err := t.base.RoundTrip(areq.WithContext(actx))
+		resp, err := t.base.RoundTrip(t.prepare(actx, req, ep, body))
 		if stream && timer != nil {
 			// The attempt timeout bounds a stream up to its headers only:
 			// a long generation must not be cut by it.
 			timer.Stop()
-		}
-		end := func() {
-			if timer != nil {
-				timer.Stop()
-			}
-			acancel(context.Canceled)
 		}
 		if ctx.Err() != nil {
 			// The caller gave up or the drain forced: never retried.
@@ -249,14 +272,27 @@ func (t *transport) giveUp(resp *http.Response, err error, end func(), attempts 
 	return resp, end, nil
 }
 
-// prepare clones req for one attempt against endpoint ep with a fresh body.
-func (t *transport) prepare(ctx context.Context, req *http.Request, ep int32, getBody func() (io.ReadCloser, error)) (*http.Request, error) {
-	areq := req.Clone(ctx)
-	if getBody != nil {
-		body, err := getBody()
-		if err != nil {
-			return nil, fmt.Errorf("llmdrain: rewinding request body: %w", err)
-		}
+// attemptContext returns the context of one attempt, a func that ends it
+// and the timer of Config.AttemptTimeout, if any. Without a timeout the
+// call's context serves as it is: nothing to allocate on the happy path.
+func (t *transport) attemptContext(ctx context.Context) (context.Context, func(), *time.Timer) {
+	if t.attemptTimeout <= 0 {
+		return ctx, nop, nil
+	}
+	actx, acancel := context.WithCancelCause(ctx)
+	timer := time.AfterFunc(t.attemptTimeout, func() { acancel(errAttemptTimeout) })
+	return actx, func() { timer.Stop(); acancel(context.Canceled) }, timer
+}
+
+func nop() {}
+
+// prepare makes the request of one attempt against endpoint ep: a shallow
+// copy of req with its own context, body and headers (req itself must not
+// be modified, as the http.RoundTripper contract says).
+func (t *transport) prepare(ctx context.Context, req *http.Request, ep int32, body io.ReadCloser) *http.Request {
+	areq := req.WithContext(ctx)
+	areq.Header = req.Header.Clone()
+	if body != nil {
 		areq.Body = body
 	}
 	if ep != 0 {
@@ -266,18 +302,24 @@ func (t *transport) prepare(ctx context.Context, req *http.Request, ep int32, ge
 		}
 	}
 	if t.key != "" && t.atEndpoint(areq.URL) {
-		areq.Header.Set("Authorization", "Bearer "+string(t.key))
+		areq.Header["Authorization"] = []string{string(t.bearer)}
 	}
-	return areq, nil
+	return areq
 }
 
 // atEndpoint reports whether u has the scheme and host of an endpoint, the
 // only places the key is sent.
 func (t *transport) atEndpoint(u *url.URL) bool {
-	return slices.Contains(t.origins, origin(u))
+	for _, o := range t.origins {
+		if strings.EqualFold(u.Scheme, o.scheme) && strings.EqualFold(u.Host, o.host) {
+			return true
+		}
+	}
+	return false
 }
 
-func origin(u *url.URL) string { return strings.ToLower(u.Scheme + "://" + u.Host) }
+// origin is the scheme and host of an endpoint.
+type origin struct{ scheme, host string }
 
 // rebase moves a URL built against the primary endpoint to endpoint ep.
 func (t *transport) rebase(u *url.URL, ep int32) (*url.URL, bool) {
@@ -358,22 +400,24 @@ func callError(ctx context.Context, err error) error {
 	return err
 }
 
-// rewindable returns a func giving a fresh copy of req's body per attempt.
-// go-openai always sets GetBody; other bodies are buffered once.
-func rewindable(req *http.Request) (func() (io.ReadCloser, error), error) {
+// rewindable returns the body of the first attempt and a func giving a
+// fresh copy of it for each later one. go-openai always sets GetBody;
+// other bodies are buffered once.
+func rewindable(req *http.Request) (io.ReadCloser, func() (io.ReadCloser, error), error) {
 	if req.Body == nil || req.Body == http.NoBody {
-		return nil, nil
+		return nil, nil, nil
 	}
 	if req.GetBody != nil {
-		closeBody(req)
-		return req.GetBody, nil
+		return req.Body, req.GetBody, nil
 	}
 	b, err := io.ReadAll(req.Body)
 	closeBody(req)
 	if err != nil {
-		return nil, fmt.Errorf("llmdrain: reading request body: %w", err)
+		return nil, nil, fmt.Errorf("llmdrain: reading request body: %w", err)
 	}
-	return func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(b)), nil }, nil
+	getBody := func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(b)), nil }
+	body, _ := getBody()
+	return body, getBody, nil
 }
 
 func closeBody(req *http.Request) {
@@ -419,11 +463,15 @@ func endsWithDone(path string) bool {
 // trackedBody keeps its call in flight until it is closed or read to its
 // end, and turns a stream that ends without [DONE] into io.ErrUnexpectedEOF.
 type trackedBody struct {
-	rc      io.ReadCloser
-	ctx     context.Context
-	sse     *sseWatcher // nil unless a chat or completions stream
-	once    sync.Once
-	release func()
+	rc     io.ReadCloser
+	ctx    context.Context
+	sse    *sseWatcher // nil unless a chat or completions stream
+	finish func()      // ends the last attempt; nil until it is known
+	sem    *semaphore.Weighted
+	done   func() // the tracker's
+	// released makes release run once, whichever of Read's end, Close or
+	// RoundTrip's own failure comes first.
+	released atomic.Bool
 }
 
 func (b *trackedBody) Read(p []byte) (int, error) {
@@ -443,14 +491,29 @@ func (b *trackedBody) Read(p []byte) (int, error) {
 			err = callError(b.ctx, err)
 		}
 	}
-	b.once.Do(b.release)
+	b.release()
 	return n, err
 }
 
 func (b *trackedBody) Close() error {
 	err := b.rc.Close()
-	b.once.Do(b.release)
+	b.release()
 	return err
+}
+
+// release ends the attempt, frees the concurrency slot and takes the call
+// off the tracker, once.
+func (b *trackedBody) release() {
+	if b.released.Swap(true) {
+		return
+	}
+	if b.finish != nil {
+		b.finish()
+	}
+	if b.sem != nil {
+		b.sem.Release(1)
+	}
+	b.done()
 }
 
 // errTruncated is what reading a chat stream returns when the connection
@@ -530,71 +593,96 @@ func (b *errorBody) Close() error { return b.rc.Close() }
 // on a stream, a complete empty stream); instead the body's first Read
 // returns the error built by apiError, so the call fails with an
 // *openai.APIError. Anything else is passed through untouched.
+//
+// It is on the path of every successful call, so the common case costs
+// nothing: the first Read goes straight into the caller's buffer, and a
+// normal answer is told from its first bytes, without a JSON decoder.
 type envelopeBody struct {
 	rc       io.ReadCloser
 	resp     *http.Response
 	key      secret
 	apiError func(*http.Response, []byte) error
-	r        io.Reader // nil until the first Read
+
+	sniffed bool
+	buf     []byte // read from rc but not yet returned
+	tailErr error  // returned once buf is empty; nil: go on reading rc
 }
 
 func (b *envelopeBody) Read(p []byte) (int, error) {
-	if b.r == nil {
-		b.r = b.sniff()
+	if !b.sniffed {
+		b.sniffed = true
+		n, err := b.rc.Read(p)
+		if is, decided := envelopeStart(p[:n]); !is && (decided || err != nil) {
+			return n, err // a normal answer, passed on as it was read
+		}
+		// Too short to tell, or an envelope: the slow way.
+		b.sniff(append([]byte(nil), p[:n]...), err)
 	}
-	return b.r.Read(p)
+	if len(b.buf) > 0 {
+		n := copy(p, b.buf)
+		b.buf = b.buf[n:]
+		return n, nil
+	}
+	if b.tailErr != nil {
+		return 0, b.tailErr
+	}
+	return b.rc.Read(p)
 }
 
 func (b *envelopeBody) Close() error { return b.rc.Close() }
 
-// sniff reads enough of the body to tell an error envelope, and returns
+// sniff reads on from head until it can tell an error envelope, and sets
 // what the body reads as from now on.
-func (b *envelopeBody) sniff() io.Reader {
-	buf := make([]byte, maxSniff)
-	var (
-		head []byte
-		is   bool
-		err  error
-	)
-	for {
-		var n int
-		n, err = b.rc.Read(buf[len(head):])
-		head = buf[:len(head)+n]
-		var decided bool
-		if is, decided = envelopeStart(head); decided || err != nil || len(head) == maxSniff {
-			break
-		}
+func (b *envelopeBody) sniff(head []byte, err error) {
+	is, decided := envelopeStart(head)
+	for !decided && err == nil && len(head) < maxSniff {
+		head = slices.Grow(head, maxSniff-len(head))
+		var k int
+		k, err = b.rc.Read(head[len(head):maxSniff])
+		head = head[:len(head)+k]
+		is, decided = envelopeStart(head)
 	}
-	switch {
-	case !is && err != nil:
-		return io.MultiReader(bytes.NewReader(head), errReader{err})
-	case !is:
-		return io.MultiReader(bytes.NewReader(head), b.rc)
-	case err != nil && err != io.EOF:
-		return io.MultiReader(bytes.NewReader(head), errReader{err})
+	b.buf = head
+	if !is || (err != nil && err != io.EOF) {
+		b.tailErr = err // nil: the rest comes from rc
+		return
 	}
 	// An envelope begins: read it whole, if it is of an error's size.
 	whole := head
 	if err == nil {
 		tail, more, err := readBounded(b.rc, maxErrorBody)
 		whole = append(whole, tail...)
+		b.buf = whole
 		switch {
 		case more: // too large for an error: pass it on as it is
-			return io.MultiReader(bytes.NewReader(whole), b.rc)
+			return
 		case err != nil:
-			return io.MultiReader(bytes.NewReader(whole), errReader{err})
+			b.tailErr = err
+			return
 		}
 	}
+	b.tailErr = io.EOF
 	if aerr := b.apiError(b.resp, scrub(whole, b.key, false)); aerr != nil {
-		return errReader{aerr}
+		b.buf, b.tailErr = nil, aerr
 	}
-	return bytes.NewReader(whole)
 }
 
 // envelopeStart reports whether a JSON document beginning with head is an
 // object whose first member is "error" holding an object, and whether head
 // is long enough to tell.
 func envelopeStart(head []byte) (is, decided bool) {
+	// A normal answer, {"id":..., is told at its first key's first letter.
+	i := skipJSONSpace(head, 0)
+	switch {
+	case i == len(head):
+		return false, false
+	case head[i] != '{':
+		return false, true
+	}
+	if i = skipJSONSpace(head, i+1); i+1 < len(head) && head[i] == '"' && head[i+1] != 'e' && head[i+1] != '\\' {
+		return false, true
+	}
+	// Anything else, escapes included, the way encoding/json reads it.
 	dec := json.NewDecoder(bytes.NewReader(head))
 	for _, want := range []any{json.Delim('{'), "error", json.Delim('{')} {
 		tok, err := dec.Token()
@@ -606,6 +694,15 @@ func envelopeStart(head []byte) (is, decided bool) {
 		}
 	}
 	return true, true
+}
+
+// skipJSONSpace returns the index of the first byte of b at or after i that
+// is not JSON white space.
+func skipJSONSpace(b []byte, i int) int {
+	for i < len(b) && (b[i] == ' ' || b[i] == '\t' || b[i] == '\n' || b[i] == '\r') {
+		i++
+	}
+	return i
 }
 
 type errReader struct{ err error }
