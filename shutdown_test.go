@@ -331,41 +331,34 @@ func (ch *child) wait(t *testing.T, within time.Duration) int {
 	return 0
 }
 
+// TestSIGTERMLetsCallFinish sends SIGTERM to a child process with a call in
+// flight: the call completes, a later call is refused, the child exits 0.
+// In mode "early" the child has called Notify but not yet Run: the signal
+// must be kept for Run, not kill the process.
 func TestSIGTERMLetsCallFinish(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts a child process")
 	}
-	srv := newServer(t, llmtest.WithLatency(500*time.Millisecond))
-	ch := startChild(t, "sigterm", srv.URL)
-	ch.waitLine(t, "waiting for a signal")
-	waitInFlight(t, srv, 1)
+	for mode, ready := range map[string]string{
+		"sigterm": "waiting for a signal",
+		"early":   "calling without Run",
+	} {
+		t.Run(mode, func(t *testing.T) {
+			srv := newServer(t, llmtest.WithLatency(400*time.Millisecond))
+			ch := startChild(t, mode, srv.URL)
+			ch.waitLine(t, ready)
+			waitInFlight(t, srv, 1)
 
-	require.NoError(t, ch.cmd.Process.Signal(syscall.SIGTERM))
-	code := ch.wait(t, 30*time.Second)
-	out := ch.stdout.String()
-	assert.Equal(t, 0, code, "stdout: %s", out)
-	assert.Contains(t, out, "RESULT: "+llmtest.Reply("child sigterm"))
-	assert.Contains(t, out, "LATE REFUSED: true")
-	assert.Equal(t, 1, settled(t, srv).Completed("child sigterm"))
-	assert.Equal(t, 1, srv.Stats().Requests, "the late call never reached the server")
-}
-
-// TestSIGTERMBeforeRunIsKept signals a child that called Notify but has not
-// reached Run yet: the signal is not fatal, and Run drains on it.
-func TestSIGTERMBeforeRunIsKept(t *testing.T) {
-	if testing.Short() {
-		t.Skip("starts a child process")
+			require.NoError(t, ch.cmd.Process.Signal(syscall.SIGTERM))
+			code := ch.wait(t, 30*time.Second)
+			out := ch.stdout.String()
+			assert.Equal(t, 0, code, "stdout: %s", out)
+			assert.Contains(t, out, "RESULT: "+llmtest.Reply("child "+mode))
+			assert.Contains(t, out, "LATE REFUSED: true")
+			assert.Equal(t, 1, settled(t, srv).Completed("child "+mode))
+			assert.Equal(t, 1, srv.Stats().Requests, "the late call never reached the server")
+		})
 	}
-	srv := newServer(t, llmtest.WithLatency(300*time.Millisecond))
-	ch := startChild(t, "early", srv.URL)
-	ch.waitLine(t, "calling without Run")
-	waitInFlight(t, srv, 1)
-	require.NoError(t, ch.cmd.Process.Signal(syscall.SIGTERM))
-	code := ch.wait(t, 30*time.Second)
-	out := ch.stdout.String()
-	assert.Equal(t, 0, code, "stdout: %s", out)
-	assert.Contains(t, out, "RESULT: "+llmtest.Reply("child early"))
-	assert.Contains(t, out, "LATE REFUSED: true")
 }
 
 func TestSecondSIGTERMForcesExit(t *testing.T) {
