@@ -285,21 +285,27 @@ func TestTruncatedPlainResponseFails(t *testing.T) {
 	assert.Equal(t, 0, c.Tracker().InFlight())
 }
 
+// TestRetryAfterHonoured: with a backoff shorter than the hint, the wait
+// is the hint's.
 func TestRetryAfterHonoured(t *testing.T) {
-	never := func() backoff.BackOff { return backoff.NewConstantBackOff(time.Hour) }
+	never := func() backoff.BackOff { return backoff.NewConstantBackOff(time.Millisecond) }
 	cases := []struct {
 		name  string
-		fault llmtest.Fault
+		fault func() llmtest.Fault // made when the case runs: a date must be in the future
 		want  time.Duration
 	}{
-		{"Retry-After seconds", llmtest.RateLimited(time.Second), time.Second},
-		{"retry-after-ms", llmtest.RateLimitedMS(300 * time.Millisecond), 300 * time.Millisecond},
-		{"Retry-After on 503", llmtest.Status(503).WithHeader("Retry-After", "1"), time.Second},
+		{"Retry-After seconds", func() llmtest.Fault { return llmtest.RateLimited(time.Second) }, time.Second},
+		{"Retry-After date", func() llmtest.Fault {
+			// HTTP dates have whole seconds: 2 s ahead is at least 1 s.
+			return llmtest.Status(429).WithHeader("Retry-After", time.Now().Add(2*time.Second).UTC().Format(http.TimeFormat))
+		}, time.Second},
+		{"retry-after-ms", func() llmtest.Fault { return llmtest.RateLimitedMS(300 * time.Millisecond) }, 300 * time.Millisecond},
+		{"Retry-After on 503", func() llmtest.Fault { return llmtest.Status(503).WithHeader("Retry-After", "1") }, time.Second},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			srv := newServer(t)
-			srv.Script(c.fault)
+			srv.Script(c.fault())
 			cl := newTestClient(t, srv, Config{Backoff: never})
 			start := time.Now()
 			got, err := cl.Chat(context.Background(), "limited")
@@ -311,6 +317,32 @@ func TestRetryAfterHonoured(t *testing.T) {
 			assert.Less(t, elapsed, c.want+2*time.Second, "waited far longer than the server asked")
 		})
 	}
+}
+
+// TestRetryAfterIsAFloor: with a backoff longer than the hint, the wait is
+// the backoff's, so clients told the same short delay spread out.
+func TestRetryAfterIsAFloor(t *testing.T) {
+	srv := newServer(t)
+	srv.Script(llmtest.RateLimitedMS(10 * time.Millisecond))
+	c := newTestClient(t, srv, Config{Backoff: func() backoff.BackOff { return backoff.NewConstantBackOff(400 * time.Millisecond) }})
+	start := time.Now()
+	_, err := c.Chat(context.Background(), "floor")
+	elapsed := time.Since(start)
+	require.NoError(t, err)
+	assert.GreaterOrEqual(t, elapsed, 400*time.Millisecond)
+	assert.Less(t, elapsed, 3*time.Second)
+}
+
+func TestBackoffStopEndsRetries(t *testing.T) {
+	srv := newServer(t)
+	srv.Script(llmtest.RateLimitedMS(0), llmtest.RateLimitedMS(0))
+	c := newTestClient(t, srv, Config{Backoff: func() backoff.BackOff { return backoff.WithMaxRetries(&backoff.ZeroBackOff{}, 1) }})
+	_, err := c.Chat(context.Background(), "x")
+	var apiErr *openai.APIError
+	require.ErrorAs(t, err, &apiErr)
+	assert.Equal(t, 429, apiErr.HTTPStatusCode)
+	assert.Contains(t, err.Error(), "backoff policy stopped after 2 attempts")
+	assert.Equal(t, 2, srv.Stats().Requests)
 }
 
 func TestRetryAfterAboveCapReturnsAtOnce(t *testing.T) {

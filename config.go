@@ -74,8 +74,10 @@ type Config struct {
 	// Logger receives retries, failovers and drains. Nil means silent.
 	Logger *slog.Logger
 
-	// Backoff makes the delay policy for one call's retries when the
-	// server gives no Retry-After hint. Nil means DefaultBackoff.
+	// Backoff makes the delay policy for one call's retries. A server's
+	// retry-after-ms or Retry-After hint is a floor under it: the wait is
+	// the longer of the hint and the next backoff. A policy that returns
+	// backoff.Stop ends the retries. Nil means DefaultBackoff.
 	Backoff func() backoff.BackOff
 	// ShouldRetry decides whether a failed attempt is retried. Nil means
 	// DefaultShouldRetry.

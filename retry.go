@@ -28,11 +28,12 @@ const (
 	DefaultFailoverAfter = 3
 )
 
-// DefaultBackoff returns the delay policy used between attempts when the
-// server gives no hint: exponential, starting at 0.5 s and doubling up to an
+// DefaultBackoff returns the delay policy used between attempts:
+// exponential, starting at 0.5 s and doubling up to an
 // interval of 8 s, each delay randomised by ±25 % so that clients that failed
-// together do not retry together. It never stops by itself; the attempt
-// count and the caller's deadline bound the retries.
+// together do not retry together. A server's retry-after-ms or Retry-After
+// is a floor under it: the wait is the longer of the two. It never stops by
+// itself; the attempt count and the caller's deadline bound the retries.
 //
 // Any backoff.BackOff can be used instead through Config.Backoff; tests use
 // &backoff.ZeroBackOff{} to retry without waiting.

@@ -231,12 +231,19 @@ func (t *transport) attempts(ctx context.Context, req *http.Request) (*http.Resp
 		case hinted && wait > t.maxRetryAfter:
 			why = fmt.Sprintf("server asked to retry after %v, above the %v cap", wait, t.maxRetryAfter)
 		}
-		if why == "" && !hinted {
+		if why == "" {
+			// A server's hint is a floor under the backoff, not a
+			// replacement: never sooner than asked, and never sooner than
+			// our own jittered backoff, so that the many clients a rate
+			// limiter told "20 ms" do not all come back together.
 			if bo == nil {
 				bo = t.newBackoff()
 			}
-			if wait = bo.NextBackOff(); wait == backoff.Stop {
+			switch d := bo.NextBackOff(); {
+			case d == backoff.Stop:
 				why = "backoff policy stopped"
+			case d > wait:
+				wait = d
 			}
 		}
 		if why == "" {
