@@ -165,6 +165,7 @@ type ConfigError struct {
 	Problem string // what is wrong and how to fix it
 }
 
+// Error returns "llmdrain: invalid config: <Field>: <Problem>".
 func (e *ConfigError) Error() string {
 	return fmt.Sprintf("llmdrain: invalid config: %s: %s", e.Field, e.Problem)
 }
