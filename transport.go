@@ -124,7 +124,8 @@ func (t *transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	case resp.StatusCode < 200 || resp.StatusCode >= 400: // go-openai's failure statuses
 		body = &errorBody{rc: body, key: t.key}
 	case ok && t.apiError != nil && !isSSE(resp) && (stream || strings.Contains(req.Header.Get("Accept"), "application/json")):
-		body = &envelopeBody{rc: body, resp: resp, key: t.key, apiError: t.apiError}
+		tb.env = envelopeBody{rc: body, resp: resp, key: t.key, apiError: t.apiError}
+		body = &tb.env
 	}
 	tb.rc, tb.finish = body, finish
 	// A stream request answered 2xx must end with [DONE] whatever its
@@ -298,7 +299,12 @@ func nop() {}
 // be modified, as the http.RoundTripper contract says).
 func (t *transport) prepare(ctx context.Context, req *http.Request, ep int32, body io.ReadCloser) *http.Request {
 	areq := req.WithContext(ctx)
-	areq.Header = req.Header.Clone()
+	// A new map, sharing the value slices: only Authorization is set, by
+	// replacing its slice, and nothing below writes into a header's values.
+	areq.Header = make(http.Header, len(req.Header)+1)
+	for k, v := range req.Header {
+		areq.Header[k] = v
+	}
 	if body != nil {
 		areq.Body = body
 	}
@@ -476,6 +482,9 @@ type trackedBody struct {
 	finish func()      // ends the last attempt; nil until it is known
 	sem    *semaphore.Weighted
 	done   func() // the tracker's
+	// env wraps rc on a successful JSON answer; kept here, not allocated
+	// on its own, as it is on the path of every plain call.
+	env envelopeBody
 	// released makes release run once, whichever of Read's end, Close or
 	// RoundTrip's own failure comes first.
 	released atomic.Bool
