@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -477,7 +478,11 @@ func TestConnectionErrorsExhausted(t *testing.T) {
 	require.NoError(t, err)
 	_, err = c.Chat(context.Background(), "x")
 	require.Error(t, err)
-	assert.Contains(t, err.Error(), "after 3 attempts")
+	assert.Contains(t, err.Error(), "gave up after 3 attempts")
+	var re *RetryError
+	require.ErrorAs(t, err, &re)
+	assert.Equal(t, 3, re.Attempts)
+	assert.ErrorIs(t, err, syscall.ECONNREFUSED, "the last attempt's error is still there")
 	assert.NotContains(t, err.Error(), "FAKE")
 }
 

@@ -4,6 +4,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
+	"fmt"
 	"math"
 	"net/http"
 	"strconv"
@@ -128,3 +129,29 @@ func saturate(ns float64) time.Duration {
 	}
 	return time.Duration(ns)
 }
+
+// RetryError is the error of a call whose last attempt failed without a
+// response (connection refused or reset, an attempt timeout, ...) and that
+// will not be tried again: the retries ran out, the backoff policy stopped,
+// or the next wait would have passed a deadline. It wraps the last
+// attempt's error, so errors.Is(err, syscall.ECONNREFUSED) still works.
+// A call whose last attempt got a response ends with go-openai's error for
+// it instead, such as *openai.APIError.
+type RetryError struct {
+	Attempts int    // attempts made, the first one included
+	Reason   string // why no further attempt, such as "gave up"
+	Err      error  // the last attempt's error
+}
+
+// Error says why the call stopped, after how many attempts, and the last
+// error, such as "llmdrain: gave up after 4 attempts: dial tcp ...".
+func (e *RetryError) Error() string {
+	s := "s"
+	if e.Attempts == 1 {
+		s = ""
+	}
+	return fmt.Sprintf("llmdrain: %s after %d attempt%s: %v", e.Reason, e.Attempts, s, e.Err)
+}
+
+// Unwrap returns Err.
+func (e *RetryError) Unwrap() error { return e.Err }

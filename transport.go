@@ -274,7 +274,7 @@ func (t *transport) giveUp(resp *http.Response, err error, end func(), attempts 
 	}
 	if err != nil {
 		end()
-		return nil, nil, fmt.Errorf("%s: %w", note, err)
+		return nil, nil, &RetryError{Attempts: attempts, Reason: why, Err: err}
 	}
 	resp.Status = fmt.Sprintf("%s (%s)", resp.Status, note)
 	return resp, end, nil
