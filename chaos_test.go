@@ -560,22 +560,17 @@ func soakStream(ctx context.Context, c *Client, prompt string, abandon bool) (st
 		return "", err
 	}
 	defer s.Close()
-	var text strings.Builder
-	for {
-		r, err := s.Recv()
-		if errors.Is(err, io.EOF) {
-			return text.String(), nil
-		}
-		if err != nil {
-			return text.String(), err
-		}
-		if len(r.Choices) > 0 {
-			text.WriteString(r.Choices[0].Delta.Content)
-		}
-		if abandon {
-			return text.String(), nil
-		}
+	if !abandon {
+		return readStream(s)
 	}
+	r, err := s.Recv()
+	switch {
+	case errors.Is(err, io.EOF):
+		return "", nil
+	case err != nil || len(r.Choices) == 0:
+		return "", err
+	}
+	return r.Choices[0].Delta.Content, nil
 }
 
 // classify names the kind of a call's outcome, or returns "" for an error

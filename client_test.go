@@ -62,6 +62,24 @@ func settled(t *testing.T, srv *llmtest.Server) *llmtest.Server {
 	return srv
 }
 
+// readStream reads a chat stream to its end and returns its text; the
+// error is nil when the stream ended with io.EOF.
+func readStream(s *openai.ChatCompletionStream) (string, error) {
+	var text strings.Builder
+	for {
+		r, err := s.Recv()
+		if errors.Is(err, io.EOF) {
+			return text.String(), nil
+		}
+		if err != nil {
+			return text.String(), err
+		}
+		if len(r.Choices) > 0 {
+			text.WriteString(r.Choices[0].Delta.Content)
+		}
+	}
+}
+
 // waitInFlight waits until the server is handling n chat requests.
 func waitInFlight(t *testing.T, srv *llmtest.Server, n int) {
 	t.Helper()
@@ -88,18 +106,9 @@ func TestStreamReadsWholeAnswer(t *testing.T) {
 	require.NoError(t, err)
 	defer s.Close()
 	assert.Equal(t, 1, c.Tracker().InFlight(), "an open stream is in flight")
-	var text strings.Builder
-	for {
-		r, err := s.Recv()
-		if errors.Is(err, io.EOF) {
-			break
-		}
-		require.NoError(t, err)
-		if len(r.Choices) > 0 {
-			text.WriteString(r.Choices[0].Delta.Content)
-		}
-	}
-	assert.Equal(t, llmtest.Reply("stream me please"), text.String())
+	text, err := readStream(s)
+	require.NoError(t, err)
+	assert.Equal(t, llmtest.Reply("stream me please"), text)
 	assert.Equal(t, 0, c.Tracker().InFlight(), "a stream read to its end is released")
 }
 
@@ -438,18 +447,9 @@ func TestStreamRetriedBeforeFirstByte(t *testing.T) {
 	s, err := c.CreateChatCompletionStream(context.Background(), userMsg("retry my stream"))
 	require.NoError(t, err)
 	defer s.Close()
-	var text strings.Builder
-	for {
-		r, err := s.Recv()
-		if errors.Is(err, io.EOF) {
-			break
-		}
-		require.NoError(t, err)
-		if len(r.Choices) > 0 {
-			text.WriteString(r.Choices[0].Delta.Content)
-		}
-	}
-	assert.Equal(t, llmtest.Reply("retry my stream"), text.String())
+	text, err := readStream(s)
+	require.NoError(t, err)
+	assert.Equal(t, llmtest.Reply("retry my stream"), text)
 	assert.Equal(t, 3, srv.Stats().Requests)
 }
 
