@@ -111,7 +111,9 @@ func (t *transport) RoundTrip(req *http.Request) (*http.Response, error) {
 			tb.release()
 		}
 	}()
-	resp, finish, err := t.attempts(ctx, req)
+	// go-openai asks for an event stream on its streaming endpoints.
+	stream := strings.Contains(req.Header.Get("Accept"), "text/event-stream")
+	resp, finish, err := t.attempts(ctx, req, stream)
 	if err != nil {
 		return nil, err
 	}
@@ -119,7 +121,6 @@ func (t *transport) RoundTrip(req *http.Request) (*http.Response, error) {
 
 	body := resp.Body
 	ok := resp.StatusCode/100 == 2
-	stream := strings.Contains(req.Header.Get("Accept"), "text/event-stream")
 	switch {
 	case resp.StatusCode < 200 || resp.StatusCode >= 400: // go-openai's failure statuses
 		body = &errorBody{rc: body, key: t.key}
@@ -171,13 +172,12 @@ const maxLabels = 64
 // attempts runs the request until it succeeds, fails for good, or may not
 // wait any longer. On success it returns the response and a func that ends
 // the attempt's resources once the body is done.
-func (t *transport) attempts(ctx context.Context, req *http.Request) (*http.Response, func(), error) {
+func (t *transport) attempts(ctx context.Context, req *http.Request, stream bool) (*http.Response, func(), error) {
 	body, getBody, err := rewindable(req)
 	if err != nil {
 		return nil, nil, err
 	}
 	var bo backoff.BackOff
-	stream := strings.Contains(req.Header.Get("Accept"), "text/event-stream")
 	for attempt := 1; ; attempt++ {
 		ep := t.cur.Load()
 		if attempt > 1 && getBody != nil {
