@@ -103,7 +103,7 @@ func (s *Server) serveChat(w http.ResponseWriter, r *http.Request) {
 		s.countFault()
 		f = errorFault(http.StatusBadRequest, "We could not parse the JSON body of your request: "+err.Error())
 	} else {
-		f = s.nextFault(req.Stream)
+		f = s.nextFault(lastUserMessage(req), req.Stream)
 	}
 
 	ctx := r.Context()
@@ -145,14 +145,10 @@ func (s *Server) newChatCall(req openai.ChatCompletionRequest) chatCall {
 	s.mu.Unlock()
 
 	promptWords := 0
-	prompt := ""
 	for _, m := range req.Messages {
-		text := messageText(m)
-		promptWords += len(strings.Fields(text))
-		if m.Role == openai.ChatMessageRoleUser {
-			prompt = text
-		}
+		promptWords += len(strings.Fields(messageText(m)))
 	}
+	prompt := lastUserMessage(req)
 	reply := Reply(prompt)
 	return chatCall{
 		id:      fmt.Sprintf("chatcmpl-%d", id),
@@ -162,6 +158,17 @@ func (s *Server) newChatCall(req openai.ChatCompletionRequest) chatCall {
 		reply:   reply,
 		usage:   newUsage(promptWords, len(strings.Fields(reply))),
 	}
+}
+
+// lastUserMessage is the text of req's last user message, the prompt that
+// Completed and History are keyed by.
+func lastUserMessage(req openai.ChatCompletionRequest) string {
+	for i := len(req.Messages) - 1; i >= 0; i-- {
+		if m := req.Messages[i]; m.Role == openai.ChatMessageRoleUser {
+			return messageText(m)
+		}
+	}
+	return ""
 }
 
 // messageText is a message's content; for multi-part content, its text parts

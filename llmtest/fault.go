@@ -130,3 +130,26 @@ func ceilDiv(d, unit time.Duration) int64 {
 	}
 	return int64((d + unit - 1) / unit)
 }
+
+// exchange describes how f answers a request received at t.
+func (f Fault) exchange(t time.Time) Exchange {
+	e := Exchange{Received: t, Status: http.StatusOK}
+	switch f.kind {
+	case kindStatus:
+		e.Status, e.Fault = f.status, fmt.Sprintf("status %d", f.status)
+	case kindReset:
+		e.Status, e.Fault = 0, "reset"
+	case kindHang:
+		e.Status, e.Fault = 0, "hang"
+	case kindTruncate:
+		e.Fault = "truncate"
+	}
+	if f.kind == kindStatus {
+		if v := f.header.Get("Retry-After-Ms"); v != "" {
+			e.RetryAfter = "retry-after-ms: " + v
+		} else if v := f.header.Get("Retry-After"); v != "" {
+			e.RetryAfter = "Retry-After: " + v
+		}
+	}
+	return e
+}

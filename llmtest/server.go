@@ -45,6 +45,7 @@ type Server struct {
 	jitterRNG *rand.Rand
 	stats     Stats
 	completed map[string]int
+	history   map[string][]Exchange
 	nextID    uint64
 }
 
@@ -80,6 +81,7 @@ func NewServer(opts ...Option) *Server {
 		chaosRNG:   rand.New(rand.NewPCG(uint64(cfg.seed), 1)),
 		jitterRNG:  rand.New(rand.NewPCG(uint64(cfg.seed), 2)),
 		completed:  make(map[string]int),
+		history:    make(map[string][]Exchange),
 	}
 	s.http = &http.Server{
 		Handler:     http.HandlerFunc(s.route),
@@ -199,7 +201,8 @@ func (s *Server) trackConn(c net.Conn, state http.ConnState) {
 // nextFault picks the behaviour for a chat request: the head of the script,
 // else a chaos draw, else success. It counts the request as a stream and as
 // a fault where that applies.
-func (s *Server) nextFault(stream bool) Fault {
+func (s *Server) nextFault(prompt string, stream bool) Fault {
+	now := time.Now()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	var f Fault
@@ -217,6 +220,7 @@ func (s *Server) nextFault(stream bool) Fault {
 	if !f.succeeds() {
 		s.stats.Faults++
 	}
+	s.history[prompt] = append(s.history[prompt], f.exchange(now))
 	return f
 }
 

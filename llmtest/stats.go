@@ -1,5 +1,11 @@
 package llmtest
 
+import (
+	"slices"
+	"strconv"
+	"time"
+)
+
 // Stats is a snapshot of what a Server has seen since it started.
 //
 // Every chat completion request counts in Requests. It then ends in exactly
@@ -87,4 +93,45 @@ func (s *Server) countSuccess(prompt string) (undo func()) {
 			delete(s.completed, prompt)
 		}
 	}
+}
+
+// Exchange is one chat completion request as the server chose to answer it:
+// the record History keeps, so a test can tell why a client gave up.
+type Exchange struct {
+	Received time.Time // when the request's body had been read
+	// Status is the status the server answers with: 200 for a success (a
+	// Truncate fault included, which starts as one), the fault's status,
+	// or 0 when no response is written (Reset, Hang).
+	Status int
+	// Fault names the scripted or chaos fault, such as "status 429",
+	// "reset", "hang" or "truncate"; empty for a normal answer.
+	Fault string
+	// RetryAfter is the retry hint sent with an error status, such as
+	// "retry-after-ms: 50" or "Retry-After: 1"; empty when none was sent.
+	RetryAfter string
+}
+
+// String renders the exchange as "429 (status 429, Retry-After: 1)" or
+// "200".
+func (e Exchange) String() string {
+	s := strconv.Itoa(e.Status)
+	switch {
+	case e.Fault != "" && e.RetryAfter != "":
+		s += " (" + e.Fault + ", " + e.RetryAfter + ")"
+	case e.Fault != "":
+		s += " (" + e.Fault + ")"
+	}
+	return s
+}
+
+// History returns, in arrival order, every well-formed, authorised chat
+// completion request whose last user message was exactly prompt, with the
+// answer the server chose for it. A client that gives up on a prompt can be
+// explained from it: how many attempts it made, what each got, and how long
+// it waited between them. Requests the server rejected by itself (401,
+// 400, 413) are not recorded.
+func (s *Server) History(prompt string) []Exchange {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return slices.Clone(s.history[prompt])
 }

@@ -182,3 +182,49 @@ func TestCountsVisibleWhenClientReturns(t *testing.T) {
 		require.Equal(t, i, st.Streams)
 	}
 }
+
+func TestHistoryRecordsEachAnswerPerPrompt(t *testing.T) {
+	srv := newServer(t, llmtest.WithAPIKey("sk-right"))
+	client := newClientWithKey(t, srv, "sk-right")
+	ctx := testContext(t)
+
+	srv.Script(
+		llmtest.RateLimitedMS(50*time.Millisecond),
+		llmtest.RateLimited(time.Second),
+		llmtest.Status(http.StatusBadGateway),
+	)
+	before := time.Now()
+	for range 3 {
+		_, err := client.CreateChatCompletion(ctx, chatRequest("again"))
+		require.Error(t, err)
+	}
+	_, err := client.CreateChatCompletion(ctx, chatRequest("again"))
+	require.NoError(t, err)
+	_, err = client.CreateChatCompletion(ctx, chatRequest("other"))
+	require.NoError(t, err)
+
+	h := srv.History("again")
+	require.Len(t, h, 4)
+	var got []string
+	for i, e := range h {
+		got = append(got, e.String())
+		assert.False(t, e.Received.Before(before), "exchange %d received before the first request", i)
+		if i > 0 {
+			assert.False(t, e.Received.Before(h[i-1].Received), "exchange %d out of order", i)
+		}
+	}
+	assert.Equal(t, []string{
+		"429 (status 429, retry-after-ms: 50)",
+		"429 (status 429, Retry-After: 1)",
+		"502 (status 502)",
+		"200",
+	}, got)
+	assert.Len(t, srv.History("other"), 1)
+	assert.Empty(t, srv.History("never sent"))
+
+	// Requests the server rejects by itself are not part of the history.
+	bad := newClientWithKey(t, srv, "sk-wrong")
+	_, err = bad.CreateChatCompletion(ctx, chatRequest("again"))
+	require.Error(t, err)
+	assert.Len(t, srv.History("again"), 4)
+}

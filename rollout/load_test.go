@@ -24,6 +24,8 @@ type result struct {
 	replica string // X-Replica, when a response came
 	fail    string // empty for a complete 200, else the failure's kind
 	detail  string
+	// retryAfter is the Retry-After header of a response other than 200.
+	retryAfter string
 }
 
 // Failure kinds.
@@ -148,6 +150,7 @@ func (l *load) do(prompt string, stream bool) result {
 	defer resp.Body.Close()
 	res.replica = resp.Header.Get("X-Replica")
 	if resp.StatusCode != http.StatusOK {
+		res.retryAfter = resp.Header.Get("Retry-After")
 		b, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
 		return fail(fmt.Sprintf("%s %d", failStatus, resp.StatusCode), "%s", strings.TrimSpace(string(b)))
 	}

@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/llmdrain/llmdrain"
 	"github.com/llmdrain/llmdrain/examples/server/settings"
 	"github.com/llmdrain/llmdrain/llmtest"
 )
@@ -63,6 +64,10 @@ type outcome struct {
 	shutdowns int
 	inFlight  int // requests the load balancer had on a replica when it got SIGTERM, summed
 	faults    int // faults the upstream injected (429s)
+	// refused are requests the upstream itself turned down: answered 429
+	// on every attempt the replica's client made. A rate limit, not a
+	// restart, so they are counted apart from the failures.
+	refused   []result
 	// cutUpstream counts LLM calls that ended upstream neither answered
 	// in full nor with an injected fault: calls a replica abandoned.
 	cutUpstream int
@@ -200,10 +205,17 @@ func rollingRestart(t *testing.T, haproxy string, v variant, out *outcome) {
 	out.elapsed = time.Since(begin)
 
 	var failed []result
-	for _, r := range out.results {
-		if r.fail != "" {
-			failed = append(failed, r)
+	for i := range out.results {
+		r := &out.results[i]
+		if r.fail == "" {
+			continue
 		}
+		if v.drains && refusedUpstream(*r, up.History(r.prompt)) {
+			r.fail = failRefused
+			out.refused = append(out.refused, *r)
+			continue
+		}
+		failed = append(failed, *r)
 	}
 	slices.SortFunc(failed, func(a, b result) int { return cmp.Compare(a.start, b.start) })
 	for i, r := range failed {
@@ -211,11 +223,10 @@ func rollingRestart(t *testing.T, haproxy string, v variant, out *outcome) {
 			t.Logf("... and %d more failures", len(failed)-i)
 			break
 		}
-		kind := "plain"
-		if r.stream {
-			kind = "stream"
-		}
-		t.Logf("failure at %5.2fs after %v, %s via %q: %s: %s", r.start.Seconds(), r.took.Round(time.Millisecond), kind, r.replica, r.fail, r.detail)
+		t.Logf("failure %s\n%s", describe(r), explain(up.History(r.prompt), begin))
+	}
+	for _, r := range out.refused {
+		t.Logf("refused by the upstream (not a failure) %s\n%s", describe(r), explain(up.History(r.prompt), begin))
 	}
 
 	if len(out.results) < 50 {
@@ -246,6 +257,61 @@ func rollingRestart(t *testing.T, haproxy string, v variant, out *outcome) {
 	if out.exits["exit 0"] != out.shutdowns {
 		t.Errorf("replica exits: %v, want exit 0 for all %d", out.exits, out.shutdowns)
 	}
+}
+
+// failRefused is the kind of a request that the upstream, not a restart,
+// turned down; see refusedUpstream.
+const failRefused = "refused by upstream"
+
+// refusedUpstream reports whether a failed request is the upstream's doing
+// rather than a restart's: the replica answered 429 with a Retry-After
+// hint, and the upstream's history for its prompt shows that every attempt
+// the replica's llmdrain client may make, and no other, was answered 429.
+// Fewer attempts would mean the retries were cut short (by a drain, a
+// deadline or a bug), which is a failure like any other.
+func refusedUpstream(r result, h []llmtest.Exchange) bool {
+	if r.fail != failStatus+" 429" || r.retryAfter == "" || len(h) != llmdrain.DefaultMaxRetries+1 {
+		return false
+	}
+	for _, e := range h {
+		if e.Status != http.StatusTooManyRequests {
+			return false
+		}
+	}
+	return true
+}
+
+// describe is one line about a request that did not succeed.
+func describe(r result) string {
+	kind := "plain"
+	if r.stream {
+		kind = "stream"
+	}
+	s := fmt.Sprintf("at %5.2fs after %v, %s via %q: %s: %s", r.start.Seconds(), r.took.Round(time.Millisecond), kind, r.replica, r.fail, r.detail)
+	if r.retryAfter != "" {
+		s += fmt.Sprintf(" (Retry-After: %s)", r.retryAfter)
+	}
+	return s
+}
+
+// explain lists what the upstream answered each attempt for a request's
+// prompt, and the wait before each retry: enough to tell whether the
+// retries ran out, were cut short, or never happened.
+func explain(h []llmtest.Exchange, begin time.Time) string {
+	if len(h) == 0 {
+		return "    the upstream never saw this prompt"
+	}
+	var b strings.Builder
+	for i, e := range h {
+		fmt.Fprintf(&b, "    attempt %d at %5.2fs: %v", i+1, e.Received.Sub(begin).Seconds(), e)
+		if i > 0 {
+			fmt.Fprintf(&b, ", %v after the previous one", e.Received.Sub(h[i-1].Received).Round(time.Millisecond))
+		}
+		if i < len(h)-1 {
+			b.WriteByte('\n')
+		}
+	}
+	return b.String()
 }
 
 // startReplica starts replica i on its port and waits until it answers
@@ -320,8 +386,8 @@ func (c *cluster) reap(p *proc, sent time.Time) time.Duration {
 // report formats the outcomes as a Markdown table.
 func report(outs []*outcome) string {
 	var b strings.Builder
-	b.WriteString("| scenario | requests (plain/stream) | restarts | in flight at SIGTERM | 429s injected | LLM calls cut | failures | failures by kind | plain p50 / p99 | stream p50 / p99 | marked down (max) | exit after SIGTERM (max) | shutdowns (how they ended) | took |\n")
-	b.WriteString("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
+	b.WriteString("| scenario | requests (plain/stream) | restarts | in flight at SIGTERM | 429s injected | refused by upstream | LLM calls cut | failures | failures by kind | plain p50 / p99 | stream p50 / p99 | marked down (max) | exit after SIGTERM (max) | shutdowns (how they ended) | took |\n")
+	b.WriteString("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
 	for _, o := range outs {
 		var plain, stream []time.Duration
 		kinds := map[string]int{}
@@ -331,6 +397,7 @@ func report(outs []*outcome) string {
 				nStream++
 			}
 			switch {
+			case r.fail == failRefused:
 			case r.fail != "":
 				failures++
 				kinds[r.fail]++
@@ -340,8 +407,8 @@ func report(outs []*outcome) string {
 				plain = append(plain, r.took)
 			}
 		}
-		fmt.Fprintf(&b, "| %s | %d (%d/%d) | %d | %d | %d | %d | %d | %s | %s | %s | %s | %s | %d (%s) | %s |\n",
-			o.name, len(o.results), len(o.results)-nStream, nStream, o.restarts, o.inFlight, o.faults, o.cutUpstream, failures,
+		fmt.Fprintf(&b, "| %s | %d (%d/%d) | %d | %d | %d | %d | %d | %d | %s | %s | %s | %s | %s | %d (%s) | %s |\n",
+			o.name, len(o.results), len(o.results)-nStream, nStream, o.restarts, o.inFlight, o.faults, len(o.refused), o.cutUpstream, failures,
 			counts(kinds), percentiles(plain), percentiles(stream),
 			ms(slices.Max(append([]time.Duration{0}, o.markDown...))), ms(slices.Max(append([]time.Duration{0}, o.exitTook...))),
 			o.shutdowns, counts(o.exits), o.elapsed.Round(100*time.Millisecond))

@@ -138,7 +138,13 @@ func (g *generator) fail(w http.ResponseWriter, r *http.Request, err error) {
 		status = http.StatusServiceUnavailable
 		w.Header().Set("Retry-After", "1")
 	case errors.As(err, &apiErr) && apiErr.HTTPStatusCode == http.StatusTooManyRequests:
+		// The LLM API kept saying "slow down" through all of llmdrain's
+		// retries: pass that on honestly, with a hint, rather than
+		// pretending the service failed. go-openai keeps no response
+		// headers, so the upstream's own hint is not known here; one
+		// second is a conservative floor for a client's next try.
 		status = http.StatusTooManyRequests
+		w.Header().Set("Retry-After", "1")
 	case errors.As(err, &apiErr) && (apiErr.HTTPStatusCode == http.StatusBadRequest ||
 		apiErr.HTTPStatusCode == http.StatusNotFound || apiErr.HTTPStatusCode == http.StatusUnprocessableEntity):
 		status = http.StatusBadRequest

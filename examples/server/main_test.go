@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -16,6 +17,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/llmdrain/llmdrain"
 	"github.com/llmdrain/llmdrain/examples/internal/proctest"
 	"github.com/llmdrain/llmdrain/examples/server/settings"
 	"github.com/llmdrain/llmdrain/llmtest"
@@ -76,6 +78,7 @@ type result struct {
 	prompt string
 	stream bool
 	status int
+	header http.Header
 	text   string // the answer, concatenated for a stream
 	done   bool   // a stream ended with data: [DONE]
 	errEv  bool   // a stream carried an error event
@@ -92,7 +95,7 @@ func generate(c *http.Client, addr, prompt string, stream bool) result {
 		return res
 	}
 	defer resp.Body.Close()
-	res.status = resp.StatusCode
+	res.status, res.header = resp.StatusCode, resp.Header
 	if !stream || resp.StatusCode != http.StatusOK {
 		var out generateResponse
 		b, err := io.ReadAll(resp.Body)
@@ -275,6 +278,17 @@ func TestUpstreamFaults(t *testing.T) {
 	r := generate(c, addr, "retried", false)
 	assert.Equal(t, http.StatusOK, r.status, "a 429 upstream is retried")
 	assert.Equal(t, llmtest.Reply("retried"), r.text)
+
+	// An upstream that keeps saying 429 through every retry is passed on
+	// as what it is, a 429 with a hint, for plain and streamed requests.
+	for _, stream := range []bool{false, true} {
+		prompt := fmt.Sprintf("refused, stream %v", stream)
+		srv.Script(slices.Repeat([]llmtest.Fault{llmtest.RateLimitedMS(time.Millisecond)}, llmdrain.DefaultMaxRetries+1)...)
+		r = generate(c, addr, prompt, stream)
+		assert.Equal(t, http.StatusTooManyRequests, r.status, prompt)
+		assert.Equal(t, "1", r.header.Get("Retry-After"), prompt)
+		assert.Len(t, srv.History(prompt), llmdrain.DefaultMaxRetries+1, "%s: every retry was spent on the upstream", prompt)
+	}
 
 	srv.Script(llmtest.Truncate(2))
 	r = generate(c, addr, "cut off after two words", true)
