@@ -67,7 +67,7 @@ type outcome struct {
 	// refused are requests the upstream itself turned down: answered 429
 	// on every attempt the replica's client made. A rate limit, not a
 	// restart, so they are counted apart from the failures.
-	refused   []result
+	refused []result
 	// cutUpstream counts LLM calls that ended upstream neither answered
 	// in full nor with an injected fault: calls a replica abandoned.
 	cutUpstream int
