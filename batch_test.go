@@ -619,6 +619,7 @@ func TestBatchJournalCompletionOutlivesLaterFailure(t *testing.T) {
 	tasks := []Task{{ID: "a", Prompt: "P1"}}
 	res, err := c.Batch(context.Background(), tasks, BatchOptions{Journal: path})
 	require.NoError(t, err)
+	require.Equal(t, StatusCompleted, res.Results[0].Status)
 	_, fps, err := c.prepareTasks(tasks, make([]TaskResult, 1))
 	require.NoError(t, err)
 
