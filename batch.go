@@ -7,9 +7,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"runtime/debug"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	openai "github.com/sashabaranov/go-openai"
@@ -112,11 +112,20 @@ type BatchOptions struct {
 	Concurrency int
 	// Journal is the path of a JSON Lines file recording every finished
 	// task. A batch run again with the same journal skips the tasks it
-	// records as completed (for the same request) and runs the rest. Empty
-	// means no journal.
+	// records as completed and runs the rest. A completion is keyed by the
+	// task's ID and its request (model, messages and every other field), and
+	// it is final: whatever the journal records later for the same ID, with
+	// the same request or another, a task with that ID and that request
+	// again takes the recorded answer instead of paying for a new one.
+	// Failed and not-run tasks always run again. Empty means no journal.
 	Journal string
 	// OnProgress, if set, is called after each task ends, one call at a
-	// time, and must return quickly.
+	// time, and must return quickly. If it panics (or calls
+	// runtime.Goexit), it is not called again, no task starts, the
+	// running ones are cancelled (they end not run), and once every worker
+	// has returned and the journal is closed, Batch panics on the caller's
+	// goroutine with an error that holds the value and the stack of the
+	// original panic and wraps the value when it is an error.
 	OnProgress func(Progress)
 }
 
@@ -154,12 +163,20 @@ type journalRecord struct {
 // end StatusNotRun. Cancelling ctx stops the batch at once: running tasks
 // are cancelled and, like the ones not started, end StatusNotRun.
 //
+// A task whose call failed in a way worth retrying, but whose next attempt
+// would have come after the drain's deadline or ctx's, ends StatusNotRun
+// too, not StatusFailed: it was stopped by the deadline, and a resumed batch
+// runs it. Its error matches ErrDraining or context.DeadlineExceeded
+// respectively, as well as the call's own error (such as the server's
+// *openai.APIError).
+//
 // Batch returns an error wrapping ErrInvalidBatch for bad input (duplicate
 // IDs, a task with neither prompt nor messages) and for a journal it cannot
 // use (unreadable, not a journal: the file is left untouched), before any
 // call; ErrJournalLocked when another process holds the journal. When tasks
-// ended not run it returns the result and an error wrapping ErrDraining or
-// the context's cause. An empty task list returns an empty result.
+// ended not run it returns the result and an error wrapping ErrDraining,
+// the context's cause, or context.DeadlineExceeded when only ctx's deadline
+// cut tasks short. An empty task list returns an empty result.
 //
 // With a journal, every finished task is appended as it ends and the file
 // is synced in batches and before Batch returns.
@@ -176,21 +193,24 @@ func (c *Client) Batch(ctx context.Context, tasks []Task, opts BatchOptions) (*B
 
 	var j *journal.Journal
 	if opts.Journal != "" {
-		var done map[string]journalRecord
+		var done map[taskKey]journalRecord
 		j, done, err = openJournal(opts.Journal)
 		if err != nil {
 			return nil, err
 		}
 		for i := range res.Results {
 			r := &res.Results[i]
-			if rec, ok := done[r.ID]; ok && rec.Fingerprint == fps[i] {
+			if rec, ok := done[taskKey{r.ID, fps[i]}]; ok {
 				*r = TaskResult{ID: r.ID, Status: StatusCompleted, Text: rec.Text, Attempts: rec.Attempts,
 					Duration: time.Duration(rec.DurationMS) * time.Millisecond, Usage: rec.Usage, Resumed: true}
 			}
 		}
 	}
 
-	b := &batchRun{c: c, res: res, journal: j, onProgress: opts.OnProgress, start: start}
+	// Workers run under rctx, so that a panic in OnProgress can cancel them.
+	rctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	b := &batchRun{c: c, res: res, journal: j, onProgress: opts.OnProgress, start: start, cancel: cancel}
 	for _, r := range res.Results {
 		if r.Resumed {
 			b.p.Resumed++
@@ -206,20 +226,42 @@ func (c *Client) Batch(ctx context.Context, tasks []Task, opts BatchOptions) (*B
 	}
 	var g errgroup.Group
 	g.SetLimit(limit)
+	// Whichever way Batch is left, its workers are waited for and its
+	// journal is closed, unlocking it. That is done below; this covers
+	// leaving early, which only a runtime.Goexit from OnProgress on this
+	// goroutine does.
+	cleanedUp := false
+	var closeErr error
+	defer func() {
+		if !cleanedUp {
+			cancel(errProgressPanicked)
+			_ = g.Wait()
+			if j != nil {
+				j.Close()
+			}
+		}
+	}()
 	for i := range tasks {
 		if res.Results[i].Status != StatusPending {
 			continue
 		}
-		if b.stopped(ctx) {
-			b.notRun(i, b.stopCause(ctx))
+		if b.stopped(rctx) {
+			b.notRun(i, b.stopCause(rctx))
 			continue
 		}
 		g.Go(func() error {
-			b.run(ctx, i, reqs[i], fps[i])
+			b.run(rctx, i, reqs[i], fps[i])
 			return nil
 		})
 	}
 	_ = g.Wait()
+	if j != nil {
+		closeErr = j.Close()
+	}
+	cleanedUp = true
+	if b.panicked != nil { // no worker is left to write it
+		panic(b.panicked)
+	}
 
 	for _, r := range res.Results {
 		switch r.Status {
@@ -239,10 +281,8 @@ func (c *Client) Batch(ctx context.Context, tasks []Task, opts BatchOptions) (*B
 	res.Elapsed = time.Since(start)
 
 	var errs []error
-	if j != nil {
-		if err := j.Close(); err != nil {
-			errs = append(errs, fmt.Errorf("llmdrain: journal %s: %w", opts.Journal, err))
-		}
+	if closeErr != nil {
+		errs = append(errs, fmt.Errorf("llmdrain: journal %s: %w", opts.Journal, closeErr))
 	}
 	if res.NotRun > 0 {
 		errs = append(errs, fmt.Errorf("llmdrain: batch interrupted, %d of %d tasks not run: %w", res.NotRun, len(tasks), b.stopCause(ctx)))
@@ -291,9 +331,17 @@ func (c *Client) prepareTasks(tasks []Task, results []TaskResult) ([]openai.Chat
 	return reqs, fps, nil
 }
 
-// openJournal opens the journal and returns, per task ID, its last
-// completed record.
-func openJournal(path string) (*journal.Journal, map[string]journalRecord, error) {
+// taskKey names a request in the journal: a task's ID and its request's
+// fingerprint.
+type taskKey struct{ id, fp string }
+
+// openJournal opens the journal and returns the completed record of every
+// request that completed, the last one if it completed more than once.
+// A completion is final: records of other outcomes never erase it, not
+// even for the same ID and request. An answer in the journal was paid for,
+// and a failure of the same request (which a run using the journal never
+// makes, as it takes the answer instead) says nothing against that answer.
+func openJournal(path string) (*journal.Journal, map[taskKey]journalRecord, error) {
 	j, raws, err := journal.Open(path)
 	switch {
 	case errors.Is(err, journal.ErrLocked):
@@ -301,7 +349,7 @@ func openJournal(path string) (*journal.Journal, map[string]journalRecord, error
 	case err != nil:
 		return nil, nil, fmt.Errorf("%w: journal: %w", ErrInvalidBatch, err)
 	}
-	done := make(map[string]journalRecord)
+	done := make(map[taskKey]journalRecord)
 	for n, raw := range raws {
 		var rec journalRecord
 		if err := json.Unmarshal(raw, &rec); err != nil || rec.ID == "" {
@@ -309,9 +357,7 @@ func openJournal(path string) (*journal.Journal, map[string]journalRecord, error
 			return nil, nil, fmt.Errorf("%w: journal %s: record %d is not a task record", ErrInvalidBatch, path, n+1)
 		}
 		if rec.Status == StatusCompleted {
-			done[rec.ID] = rec
-		} else {
-			delete(done, rec.ID) // a later failure supersedes
+			done[taskKey{rec.ID, rec.Fingerprint}] = rec
 		}
 	}
 	return j, done, nil
@@ -324,29 +370,38 @@ type batchRun struct {
 	journal    *journal.Journal
 	onProgress func(Progress)
 	start      time.Time
+	cancel     context.CancelCauseFunc // of the workers' context
 
-	mu         sync.Mutex // guards p, res.Results entries once running, journalErr
+	mu         sync.Mutex // guards p, res.Results entries once running, journalErr, cutCause, panicked
 	p          Progress
 	finished   int // tasks ended in this run
 	journalErr error
+	cutCause   error          // of the first task a deadline cut short
+	panicked   *progressPanic // set when OnProgress panicked
 }
 
 // stopped reports whether new tasks must not start.
 func (b *batchRun) stopped(ctx context.Context) bool {
 	b.mu.Lock()
-	jerr := b.journalErr
+	stop := b.journalErr != nil || b.panicked != nil
 	b.mu.Unlock()
-	return ctx.Err() != nil || b.c.tracker.Draining() || jerr != nil
+	return stop || ctx.Err() != nil || b.c.tracker.Draining()
 }
 
+// stopCause says why tasks did not run: the batch's context, a journal
+// failure, a drain or, when none of those stopped the batch, the deadline
+// that cut a task's retries short.
 func (b *batchRun) stopCause(ctx context.Context) error {
 	if err := context.Cause(ctx); err != nil {
 		return err
 	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if b.journalErr != nil {
+	switch {
+	case b.journalErr != nil:
 		return b.journalErr
+	case b.cutCause != nil && !b.c.tracker.Draining():
+		return b.cutCause
 	}
 	return ErrDraining
 }
@@ -363,10 +418,11 @@ func (b *batchRun) run(ctx context.Context, i int, req openai.ChatCompletionRequ
 	b.p.InFlight++
 	b.mu.Unlock()
 
-	actx, attempts := withAttemptCounter(ctx)
+	cctx, rec := withCallRecord(ctx)
 	t0 := time.Now()
-	resp, err := b.c.CreateChatCompletion(actx, req)
-	r := TaskResult{ID: b.res.Results[i].ID, Attempts: int(attempts.Load()), Duration: time.Since(t0)}
+	resp, err := b.c.CreateChatCompletion(cctx, req)
+	r := TaskResult{ID: b.res.Results[i].ID, Attempts: int(rec.attempts.Load()), Duration: time.Since(t0)}
+	var cut *cutShortError
 	switch {
 	case err == nil && len(resp.Choices) == 0:
 		r.Status, r.Err = StatusFailed, ErrEmptyResponse
@@ -374,6 +430,12 @@ func (b *batchRun) run(ctx context.Context, i int, req openai.ChatCompletionRequ
 		r.Status, r.Text, r.Usage = StatusCompleted, resp.Choices[0].Message.Content, resp.Usage
 	case errors.Is(err, ErrDraining), errors.Is(err, ErrForcedShutdown), ctx.Err() != nil:
 		r.Status, r.Err = StatusNotRun, err
+	case rec.cut.Load() == deadlineDrain:
+		cut = &cutShortError{Cause: ErrDraining, whose: "the drain's", Err: err}
+		r.Status, r.Err = StatusNotRun, cut
+	case rec.cut.Load() == deadlineCaller:
+		cut = &cutShortError{Cause: context.DeadlineExceeded, whose: "the batch's", Err: err}
+		r.Status, r.Err = StatusNotRun, cut
 	default:
 		r.Status, r.Err = StatusFailed, err
 	}
@@ -389,12 +451,15 @@ func (b *batchRun) run(ctx context.Context, i int, req openai.ChatCompletionRequ
 	}
 
 	b.mu.Lock()
+	defer b.mu.Unlock() // deferred: OnProgress may call runtime.Goexit
 	b.p.InFlight--
 	if jerr != nil && b.journalErr == nil {
 		b.journalErr = fmt.Errorf("journal write failed, stopping: %w", jerr)
 	}
+	if cut != nil && b.cutCause == nil {
+		b.cutCause = cut.Cause
+	}
 	b.finishLocked(i, r)
-	b.mu.Unlock()
 }
 
 // notRun records task i as not run without starting it.
@@ -421,7 +486,7 @@ func (b *batchRun) finishLocked(i int, r TaskResult) {
 	if r.Status != StatusNotRun {
 		b.finished++
 	}
-	if b.onProgress == nil {
+	if b.onProgress == nil || b.panicked != nil {
 		return
 	}
 	p := b.p
@@ -432,26 +497,74 @@ func (b *batchRun) finishLocked(i int, r TaskResult) {
 	if left := p.Pending + p.InFlight; p.Rate > 0 && left > 0 {
 		p.ETA = time.Duration(float64(left) / p.Rate * float64(time.Second))
 	}
-	b.onProgress(p)
+	b.report(p)
 }
+
+// report calls OnProgress; b.mu is held. A panic there must not crash the
+// process from a worker goroutine, nor leave the journal locked and the
+// workers running when it happens on Batch's own: it is recovered and
+// recorded, the workers are cancelled, and Batch panics with it once
+// everything is cleaned up. A runtime.Goexit is recorded the same way, and
+// goes on unwinding its goroutine.
+func (b *batchRun) report(p Progress) {
+	returned := false
+	defer func() {
+		if returned {
+			return
+		}
+		v := recover()
+		b.panicked = &progressPanic{value: v, goexit: v == nil, stack: debug.Stack()}
+		b.cancel(errProgressPanicked)
+	}()
+	b.onProgress(p)
+	returned = true
+}
+
+// errProgressPanicked is the cause of the tasks cancelled because
+// OnProgress panicked.
+var errProgressPanicked = errors.New("llmdrain: batch stopped, OnProgress panicked")
+
+// progressPanic is what Batch panics with after OnProgress panicked: the
+// original value and the stack where it was recovered, which names the
+// OnProgress frame that panicked.
+type progressPanic struct {
+	value  any
+	goexit bool // OnProgress called runtime.Goexit rather than panicking
+	stack  []byte
+}
+
+func (p *progressPanic) Error() string {
+	if p.goexit {
+		return fmt.Sprintf("llmdrain: BatchOptions.OnProgress called runtime.Goexit\n\n%s", p.stack)
+	}
+	return fmt.Sprintf("llmdrain: BatchOptions.OnProgress panicked: %v\n\n%s", p.value, p.stack)
+}
+
+// Unwrap returns the panic's value when it is an error.
+func (p *progressPanic) Unwrap() error {
+	err, _ := p.value.(error)
+	return err
+}
+
+// cutShortError is the error of a task whose call failed in a way worth
+// retrying, but whose next attempt would have come after a deadline: the
+// task did not fail, a deadline stopped it.
+type cutShortError struct {
+	Cause error  // ErrDraining or context.DeadlineExceeded
+	whose string // "the drain's" or "the batch's"
+	Err   error  // the call's error
+}
+
+func (e *cutShortError) Error() string {
+	return fmt.Sprintf("llmdrain: task not run to its end, the next attempt would pass %s deadline: %v", e.whose, e.Err)
+}
+
+// Unwrap returns the cause and the call's error, so that errors.Is and
+// errors.As find either.
+func (e *cutShortError) Unwrap() []error { return []error{e.Cause, e.Err} }
 
 func addUsage(dst *openai.Usage, u openai.Usage) {
 	dst.PromptTokens += u.PromptTokens
 	dst.CompletionTokens += u.CompletionTokens
 	dst.TotalTokens += u.TotalTokens
-}
-
-// attemptsKey carries a counter of HTTP attempts through a call's context;
-// the transport increments it, so a batch can report retries per task.
-type attemptsKey struct{}
-
-func withAttemptCounter(ctx context.Context) (context.Context, *atomic.Int32) {
-	n := new(atomic.Int32)
-	return context.WithValue(ctx, attemptsKey{}, n), n
-}
-
-func countAttempt(ctx context.Context) {
-	if n, ok := ctx.Value(attemptsKey{}).(*atomic.Int32); ok {
-		n.Add(1)
-	}
 }

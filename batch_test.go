@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"sync"
 	"syscall"
@@ -17,6 +18,7 @@ import (
 	openai "github.com/sashabaranov/go-openai"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"go.uber.org/goleak"
 
 	"github.com/llmdrain/llmdrain/internal/journal"
 	"github.com/llmdrain/llmdrain/llmtest"
@@ -460,6 +462,243 @@ func BenchmarkBatch(b *testing.B) {
 				}
 			}
 			b.ReportMetric(float64(total)/float64(b.N)/float64(ideal), "x-ideal")
+		})
+	}
+}
+
+// gateTransport holds the response of the first attempt until release is
+// closed, so a test can start a drain at the exact moment a retryable
+// answer is in hand and the retry decision not yet made.
+type gateTransport struct {
+	base     *http.Transport
+	once     sync.Once
+	arrived  chan struct{}
+	release  chan struct{}
+	released sync.Once
+}
+
+func newGate(t *testing.T) *gateTransport {
+	g := &gateTransport{base: &http.Transport{}, arrived: make(chan struct{}), release: make(chan struct{})}
+	t.Cleanup(g.open)
+	return g
+}
+
+func (g *gateTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+	resp, err := g.base.RoundTrip(req)
+	g.once.Do(func() {
+		close(g.arrived)
+		<-g.release
+	})
+	return resp, err
+}
+
+func (g *gateTransport) open() { g.released.Do(func() { close(g.release) }) }
+
+func (g *gateTransport) CloseIdleConnections() { g.base.CloseIdleConnections() }
+
+// TestBatchRetryCutByDrainDeadlineIsNotRun: a task answered 429 with
+// Retry-After: 1 while a drain has 500 ms left is not retried, and ends
+// not run, not failed: the drain stopped it, and a resumed batch runs it.
+func TestBatchRetryCutByDrainDeadlineIsNotRun(t *testing.T) {
+	srv := newServer(t)
+	srv.Script(llmtest.RateLimited(time.Second))
+	gate := newGate(t)
+	c := newTestClient(t, srv, Config{HTTPClient: &http.Client{Transport: gate}})
+	path := filepath.Join(t.TempDir(), "j.jsonl")
+	tasks := []Task{{ID: "a", Prompt: "cut by the drain"}}
+
+	type out struct {
+		res *BatchResult
+		err error
+	}
+	done := make(chan out, 1)
+	go func() {
+		res, err := c.Batch(context.Background(), tasks, BatchOptions{Journal: path})
+		done <- out{res, err}
+	}()
+	<-gate.arrived // the 429 is in hand; the retry not yet decided
+	dctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+	defer cancel()
+	drained := make(chan error, 1)
+	go func() { drained <- c.Shutdown(dctx) }()
+	waitFor(t, c.Tracker().Draining) // the drain's deadline is known from here
+	gate.open()
+	o := <-done
+	require.NoError(t, <-drained, "the call ended before the drain's deadline")
+
+	r := o.res.Results[0]
+	assert.Equal(t, StatusNotRun, r.Status, "%v", r.Err)
+	assert.ErrorIs(t, r.Err, ErrDraining)
+	var apiErr *openai.APIError
+	require.ErrorAs(t, r.Err, &apiErr, "the server's answer is kept")
+	assert.Equal(t, 429, apiErr.HTTPStatusCode)
+	assert.Contains(t, r.Err.Error(), "drain's deadline")
+	assert.Equal(t, 1, r.Attempts)
+	assert.Equal(t, 0, o.res.Failed)
+	assert.Equal(t, 1, o.res.NotRun)
+	require.Error(t, o.err, "a not-run task makes the batch's error")
+	assert.ErrorIs(t, o.err, ErrDraining)
+	assert.Contains(t, o.err.Error(), "1 of 1 tasks not run")
+
+	res, err := newTestClient(t, srv, Config{}).Batch(context.Background(), tasks, BatchOptions{Journal: path})
+	require.NoError(t, err)
+	assert.Equal(t, 0, res.Resumed, "the task is run again")
+	assert.Equal(t, 1, res.Completed)
+	assert.Equal(t, llmtest.Reply("cut by the drain"), res.Results[0].Text)
+}
+
+// TestBatchRetryCutByContextDeadlineIsNotRun: the same with the batch's
+// own deadline, which has not passed yet when the task gives up.
+func TestBatchRetryCutByContextDeadlineIsNotRun(t *testing.T) {
+	srv := newServer(t)
+	srv.Script(llmtest.RateLimited(10 * time.Second)) // under MaxRetryAfter, past the deadline
+	c := newTestClient(t, srv, Config{})
+	path := filepath.Join(t.TempDir(), "j.jsonl")
+	tasks := []Task{{ID: "a", Prompt: "cut by the deadline"}, {ID: "b", Prompt: "fine"}}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	res, err := c.Batch(ctx, tasks, BatchOptions{Concurrency: 1, Journal: path})
+	require.NoError(t, ctx.Err(), "the task gave up before the deadline")
+
+	r := res.Results[0]
+	assert.Equal(t, StatusNotRun, r.Status, "%v", r.Err)
+	assert.ErrorIs(t, r.Err, context.DeadlineExceeded)
+	assert.NotErrorIs(t, r.Err, ErrDraining)
+	var apiErr *openai.APIError
+	require.ErrorAs(t, r.Err, &apiErr)
+	assert.Equal(t, 429, apiErr.HTTPStatusCode)
+	assert.Equal(t, StatusCompleted, res.Results[1].Status)
+	require.Error(t, err)
+	assert.ErrorIs(t, err, context.DeadlineExceeded)
+	assert.NotErrorIs(t, err, ErrDraining, "no drain happened")
+	assert.Contains(t, err.Error(), "1 of 2 tasks not run")
+
+	res, err = c.Batch(context.Background(), tasks, BatchOptions{Journal: path})
+	require.NoError(t, err)
+	assert.Equal(t, 1, res.Resumed)
+	assert.False(t, res.Results[0].Resumed, "the cut task is run again")
+	assert.Equal(t, llmtest.Reply("cut by the deadline"), res.Results[0].Text)
+	assert.Equal(t, 1, settled(t, srv).Completed("cut by the deadline"))
+}
+
+// TestBatchJournalKeepsCompletionAfterIDReuse: a completed request stays
+// completed in the journal when its ID is later used for another request
+// that fails; going back to the first request costs nothing.
+func TestBatchJournalKeepsCompletionAfterIDReuse(t *testing.T) {
+	srv := newServer(t)
+	c := newTestClient(t, srv, Config{})
+	path := filepath.Join(t.TempDir(), "j.jsonl")
+	p1 := []Task{{ID: "a", Prompt: "P1"}}
+	p2 := []Task{{ID: "a", Prompt: "P2"}}
+
+	res, err := c.Batch(context.Background(), p1, BatchOptions{Journal: path})
+	require.NoError(t, err)
+	require.Equal(t, StatusCompleted, res.Results[0].Status)
+
+	srv.Script(llmtest.Status(400))
+	res, err = c.Batch(context.Background(), p2, BatchOptions{Journal: path})
+	require.NoError(t, err)
+	require.Equal(t, StatusFailed, res.Results[0].Status)
+
+	before := srv.Stats().Requests
+	res, err = c.Batch(context.Background(), p1, BatchOptions{Journal: path})
+	require.NoError(t, err)
+	assert.True(t, res.Results[0].Resumed, "P1's answer is in the journal")
+	assert.Equal(t, llmtest.Reply("P1"), res.Results[0].Text)
+	assert.Equal(t, before, srv.Stats().Requests, "P1 paid for twice")
+}
+
+// TestBatchJournalCompletionOutlivesLaterFailure: a completion is final.
+// A failure recorded after it for the same ID and the same request (a
+// journal written by an older version, or merged by hand) does not erase
+// the answer that was paid for.
+func TestBatchJournalCompletionOutlivesLaterFailure(t *testing.T) {
+	srv := newServer(t)
+	c := newTestClient(t, srv, Config{})
+	path := filepath.Join(t.TempDir(), "j.jsonl")
+	tasks := []Task{{ID: "a", Prompt: "P1"}}
+	res, err := c.Batch(context.Background(), tasks, BatchOptions{Journal: path})
+	require.NoError(t, err)
+	require.Equal(t, StatusCompleted, res.Results[0].Status)
+	_, fps, err := c.prepareTasks(tasks, make([]TaskResult, 1))
+	require.NoError(t, err)
+
+	j, _, err := journal.Open(path)
+	require.NoError(t, err)
+	require.NoError(t, j.Append(journalRecord{ID: "a", Fingerprint: fps[0], Status: StatusFailed, Error: "status code: 500"}))
+	require.NoError(t, j.Close())
+
+	before := srv.Stats().Requests
+	res, err = c.Batch(context.Background(), tasks, BatchOptions{Journal: path})
+	require.NoError(t, err)
+	assert.True(t, res.Results[0].Resumed)
+	assert.Equal(t, llmtest.Reply("P1"), res.Results[0].Text)
+	assert.Equal(t, before, srv.Stats().Requests)
+}
+
+// TestBatchProgressGoexit: runtime.Goexit in OnProgress (t.FailNow called
+// from the wrong goroutine) neither deadlocks the batch nor goes unnoticed.
+func TestBatchProgressGoexit(t *testing.T) {
+	srv := newServer(t)
+	c := newTestClient(t, srv, Config{})
+	path := filepath.Join(t.TempDir(), "j.jsonl")
+	var recovered any
+	func() {
+		defer func() { recovered = recover() }()
+		_, _ = c.Batch(context.Background(), prompts(5), BatchOptions{Concurrency: 2, Journal: path, OnProgress: func(Progress) {
+			runtime.Goexit()
+		}})
+	}()
+	require.NotNil(t, recovered)
+	assert.Contains(t, fmt.Sprint(recovered), "OnProgress called runtime.Goexit")
+	_, err := c.Batch(context.Background(), prompts(5), BatchOptions{Journal: path})
+	require.NoError(t, err, "the journal was unlocked")
+}
+
+// TestBatchProgressPanic: a panic in OnProgress, on a worker goroutine or
+// on Batch's own, reaches Batch's caller once the batch has cleaned up: the
+// workers are gone, the calls done, and the journal is unlocked.
+func TestBatchProgressPanic(t *testing.T) {
+	for name, setup := range map[string]func(context.CancelFunc){
+		"on a worker":          func(context.CancelFunc) {},
+		"on Batch's goroutine": func(cancel context.CancelFunc) { cancel() }, // every task ends not run, from the loop
+	} {
+		t.Run(name, func(t *testing.T) {
+			srv := llmtest.NewServer(llmtest.WithAPIKey(fakeKey), llmtest.WithLatency(5*time.Millisecond))
+			defer srv.Close()
+			ignore := goleak.IgnoreCurrent()
+			c := newTestClient(t, srv, Config{})
+			path := filepath.Join(t.TempDir(), "j.jsonl")
+			tasks := prompts(20)
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			setup(cancel)
+			boom := errors.New("boom")
+			calls := 0
+			var recovered any
+			func() {
+				defer func() { recovered = recover() }()
+				_, _ = c.Batch(ctx, tasks, BatchOptions{Concurrency: 4, Journal: path, OnProgress: func(Progress) {
+					calls++
+					panic(boom)
+				}})
+			}()
+			require.NotNil(t, recovered, "the panic reaches the caller")
+			err, ok := recovered.(error)
+			require.True(t, ok, "%v", recovered)
+			assert.ErrorIs(t, err, boom)
+			assert.Contains(t, err.Error(), "OnProgress panicked: boom")
+			assert.Contains(t, err.Error(), "TestBatchProgressPanic", "the stack of the original panic")
+			assert.Equal(t, 1, calls, "OnProgress is not called again")
+			assert.Equal(t, 0, c.Tracker().InFlight())
+
+			// The journal was closed and unlocked; what completed is in it.
+			res, err := c.Batch(context.Background(), tasks, BatchOptions{Concurrency: 4, Journal: path})
+			require.NoError(t, err)
+			assert.Equal(t, 20, res.Completed)
+			c.http.CloseIdleConnections()
+			srv.Close()
+			goleak.VerifyNone(t, ignore)
 		})
 	}
 }

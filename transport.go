@@ -250,6 +250,7 @@ func (t *transport) attempts(ctx context.Context, req *http.Request, stream bool
 		if why == "" {
 			if dl, ok := t.deadline(ctx); ok && time.Now().Add(wait).After(dl) {
 				why = fmt.Sprintf("a retry in %v would pass the deadline", wait.Round(time.Millisecond))
+				noteDeadlineCut(ctx, t.tracker)
 			}
 		}
 		if why != "" {

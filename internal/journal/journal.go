@@ -1,7 +1,8 @@
 // Package journal is an append-only JSON Lines file that survives being cut
 // off mid-write: one record per line, a header line that marks the file as
 // ours, an advisory lock so only one process appends at a time, and fsync
-// in batches and on Close.
+// in batches and on Close. A new journal is durable from the start: its
+// header and the directory entry naming it are synced before Open returns.
 package journal
 
 import (
@@ -12,6 +13,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"sync"
 	"time"
 )
@@ -48,7 +50,18 @@ type Journal struct {
 // machine died mid-write) is dropped from the file and not returned. A file
 // that is not a journal, or whose complete lines do not parse, is an error
 // and is left untouched.
+//
+// When it writes a new journal's header, Open syncs the file and then its
+// directory (where the platform allows: see syncDir), so that a power cut
+// cannot lose the file itself, and with it the records synced into it
+// later. If the directory cannot be synced, Open fails and leaves the file
+// empty, so that the next Open does it all again.
 func Open(path string) (*Journal, []json.RawMessage, error) {
+	return open(path, syncDir)
+}
+
+// open is Open with the directory sync as a parameter, for tests.
+func open(path string, syncDir func(dir string) error) (*Journal, []json.RawMessage, error) {
 	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o644)
 	if err != nil {
 		return nil, nil, err
@@ -75,9 +88,22 @@ func Open(path string) (*Journal, []json.RawMessage, error) {
 	}
 	j := &Journal{f: f, lastSync: time.Now()}
 	if keep == 0 {
+		// A new (or empty) journal. fsync of the file makes its contents
+		// durable but not the directory entry that names it; without the
+		// second sync, a power cut could take the whole file away,
+		// completions synced into it included.
 		if _, err := f.WriteString(header + "\n"); err != nil {
 			j.Close()
 			return nil, nil, err
+		}
+		if err := f.Sync(); err != nil {
+			j.Close()
+			return nil, nil, err
+		}
+		if err := syncDir(filepath.Dir(path)); err != nil {
+			_ = f.Truncate(0)
+			j.Close()
+			return nil, nil, fmt.Errorf("syncing the directory of %s: %w", path, err)
 		}
 	}
 	return j, recs, nil

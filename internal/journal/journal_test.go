@@ -2,6 +2,7 @@ package journal
 
 import (
 	"encoding/json"
+	"errors"
 	"os"
 	"path/filepath"
 	"testing"
@@ -126,4 +127,61 @@ func TestAppendAfterCloseFails(t *testing.T) {
 	require.NoError(t, err)
 	require.NoError(t, j.Close())
 	assert.Error(t, j.Append(rec{1}))
+}
+
+// TestNewJournalSyncsDirectory: creating a journal syncs its directory
+// after the header is written, and only then; reopening does not. A unit
+// test cannot cut the power: it checks the order of the calls, not that
+// the disk kept anything.
+func TestNewJournalSyncsDirectory(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "fresh", "dir")
+	require.NoError(t, os.MkdirAll(dir, 0o755))
+	path := filepath.Join(dir, "j")
+	var synced []string
+	hook := func(d string) error {
+		data, err := os.ReadFile(path)
+		require.NoError(t, err)
+		assert.Equal(t, header+"\n", string(data), "the header is written before the directory is synced")
+		synced = append(synced, d)
+		return nil
+	}
+	j, _, err := open(path, hook)
+	require.NoError(t, err)
+	assert.Equal(t, []string{dir}, synced)
+	require.NoError(t, j.Append(rec{1}))
+	require.NoError(t, j.Close())
+
+	j, recs, err := open(path, hook)
+	require.NoError(t, err)
+	assert.Equal(t, []int{1}, decode(t, recs))
+	assert.Len(t, synced, 1, "an existing journal's directory entry is already durable")
+	require.NoError(t, j.Close())
+}
+
+// TestDirectorySyncFailure: when the directory cannot be synced, Open
+// fails and leaves an empty file, so the next Open syncs it again.
+func TestDirectorySyncFailure(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "j")
+	broken := errors.New("EIO")
+	_, _, err := open(path, func(string) error { return broken })
+	assert.ErrorIs(t, err, broken)
+	data, rerr := os.ReadFile(path)
+	require.NoError(t, rerr)
+	assert.Empty(t, data)
+
+	calls := 0
+	j, _, err := open(path, func(string) error { calls++; return nil })
+	require.NoError(t, err, "the failed Open released its lock")
+	assert.Equal(t, 1, calls)
+	require.NoError(t, j.Close())
+}
+
+// TestCreateInFreshDirectory runs the real directory sync.
+func TestCreateInFreshDirectory(t *testing.T) {
+	assert.NoError(t, syncDir(t.TempDir()))
+	path := filepath.Join(t.TempDir(), "new", "j")
+	require.NoError(t, os.Mkdir(filepath.Dir(path), 0o755))
+	j, _, err := Open(path)
+	require.NoError(t, err)
+	require.NoError(t, j.Close())
 }
