@@ -656,3 +656,21 @@ func TestRedirectDoesNotForwardKey(t *testing.T) {
 	require.Len(t, gotAuth, 1)
 	assert.Empty(t, gotAuth[0])
 }
+
+// TestUpperCaseURLsFailOver configures endpoints with upper-case schemes
+// and hosts: failover still moves to the fallback.
+func TestUpperCaseURLsFailOver(t *testing.T) {
+	primary := newServer(t)
+	fallback := newServer(t)
+	primary.Script(repeat(llmtest.Status(503), 3)...)
+	upper := func(u string) string {
+		return "HTTP://" + strings.Replace(strings.TrimPrefix(u, "http://"), "127.0.0.1", "LocalHost", 1) + "/"
+	}
+	c := newTestClient(t, primary, Config{BaseURL: upper(primary.URL), FallbackURLs: []string{upper(fallback.URL)}})
+	got, err := c.Chat(context.Background(), "fail me over")
+	require.NoError(t, err)
+	assert.Equal(t, llmtest.Reply("fail me over"), got)
+	assert.Equal(t, 3, primary.Stats().Requests)
+	assert.Equal(t, 1, fallback.Stats().Requests)
+	assert.Equal(t, 1, settled(t, fallback).Completed("fail me over"), "with the key")
+}

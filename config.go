@@ -44,8 +44,9 @@ type Config struct {
 	APIKey string
 	// BaseURL is the OpenAI-compatible API root, such as
 	// "https://api.holysheep.ai/v1". Empty means $HOLYSHEEP_BASE_URL, then
-	// DefaultBaseURL. Plain http is accepted for loopback hosts only, so
-	// the key is never sent in clear over a network.
+	// DefaultBaseURL. It is used normalised: scheme and host in lower
+	// case, without trailing slash. Plain http is accepted for loopback
+	// hosts only, so the key is never sent in clear over a network.
 	BaseURL string
 	// FallbackURLs are tried in order, wrapping around, when the endpoint
 	// in use fails FailoverAfter attempts in a row. They share the API key.
@@ -176,7 +177,7 @@ func (e *ConfigError) Is(target error) bool { return target == ErrInvalidConfig 
 // resolved is a validated Config with its defaults applied.
 type resolved struct {
 	Config
-	endpoints []string // BaseURL then FallbackURLs, without trailing slash
+	endpoints []string // BaseURL then FallbackURLs, normalised by checkURL
 }
 
 // resolve applies environment and defaults and validates. All problems are
@@ -206,15 +207,17 @@ func resolve(cfg Config) (resolved, error) {
 		cfg.BaseURL = DefaultBaseURL
 	}
 	var r resolved
-	if err := checkURL(cfg.BaseURL); err != "" {
+	ep, err := checkURL(cfg.BaseURL)
+	if err != "" {
 		bad("BaseURL", "%s", err)
 	}
-	r.endpoints = append(r.endpoints, strings.TrimRight(cfg.BaseURL, "/"))
+	r.endpoints = append(r.endpoints, ep)
 	for i, u := range cfg.FallbackURLs {
-		if err := checkURL(u); err != "" {
+		ep, err := checkURL(u)
+		if err != "" {
 			bad(fmt.Sprintf("FallbackURLs[%d]", i), "%s", err)
 		}
-		r.endpoints = append(r.endpoints, strings.TrimRight(u, "/"))
+		r.endpoints = append(r.endpoints, ep)
 	}
 
 	if cfg.Model == "" {
@@ -260,29 +263,48 @@ func resolve(cfg Config) (resolved, error) {
 	return r, errors.Join(errs...)
 }
 
-// checkURL returns what is wrong with an endpoint URL, or "". The message
-// shows the URL with any password redacted.
-func checkURL(s string) string {
+// checkURL returns an endpoint URL normalised, and what is wrong with it,
+// or "". The message shows the URL with any password redacted.
+//
+// The normalised form, scheme and host in lower case and no trailing
+// slash, is the one every use compares against: go-openai builds request
+// URLs from it, and failover and the key's origins match them to it.
+func checkURL(s string) (string, string) {
 	u, err := url.Parse(s)
 	if err != nil {
-		return "not a valid URL"
+		return s, "not a valid URL"
 	}
 	shown := redactedURL(u)
 	switch {
 	case u.Scheme != "http" && u.Scheme != "https":
-		return fmt.Sprintf("%q: scheme must be http or https", shown)
+		return s, fmt.Sprintf("%q: scheme must be http or https", shown)
 	case u.Host == "" || u.Hostname() == "":
-		return fmt.Sprintf("%q: no host", shown)
+		return s, fmt.Sprintf("%q: no host", shown)
 	case u.User != nil:
-		return fmt.Sprintf("%q: must not contain credentials; use APIKey", shown)
+		return s, fmt.Sprintf("%q: must not contain credentials; use APIKey", shown)
 	case u.RawQuery != "" || u.ForceQuery || strings.Contains(s, "#"):
 		// Even an empty "?" or "#": paths are appended to the URL as a
 		// string, and would end up in the query or fragment.
-		return fmt.Sprintf("%q: must not have a query or fragment", shown)
+		return s, fmt.Sprintf("%q: must not have a query or fragment", shown)
 	case u.Scheme == "http" && !isLoopback(u.Hostname()):
-		return fmt.Sprintf("%q: plain http would send the API key unencrypted; use https (http is allowed for loopback hosts only)", shown)
+		return s, fmt.Sprintf("%q: plain http would send the API key unencrypted; use https (http is allowed for loopback hosts only)", shown)
 	}
-	return ""
+	return normalizeURL(u), ""
+}
+
+// normalizeURL lower-cases u's host (but an IPv6 zone, which names an
+// interface) and drops its path's trailing slashes; url.Parse has
+// lower-cased the scheme already.
+func normalizeURL(u *url.URL) string {
+	v := *u
+	host, zone, _ := strings.Cut(v.Host, "%")
+	v.Host = strings.ToLower(host)
+	if zone != "" {
+		v.Host += "%" + zone
+	}
+	v.Path = strings.TrimRight(v.Path, "/")
+	v.RawPath = strings.TrimRight(v.RawPath, "/")
+	return v.String()
 }
 
 func isLoopback(host string) bool {
