@@ -39,12 +39,7 @@ func New(cfg Config) (*Client, error) {
 	if err != nil {
 		return nil, err
 	}
-	base := r.HTTPClient.Transport
-	if base == nil {
-		base = http.DefaultTransport
-	}
 	tr := &transport{
-		base:           base,
 		tracker:        r.Tracker,
 		maxRetries:     r.MaxRetries,
 		newBackoff:     r.Backoff,
@@ -64,6 +59,7 @@ func New(cfg Config) (*Client, error) {
 			tr.origins = append(tr.origins, origin{scheme: u.Scheme, host: u.Host})
 		}
 	}
+	tr.base = newKeyGuard(baseTransport(r.HTTPClient), tr.origins, tr.key)
 	if r.MaxConcurrent > 0 {
 		tr.sem = semaphore.NewWeighted(int64(r.MaxConcurrent))
 	}
@@ -116,8 +112,9 @@ func (c *Client) Chat(ctx context.Context, prompt string) (string, error) {
 // ErrForcedShutdown and context errors.
 //
 // Every method, OpenAI()'s included, reads at most 1 MiB of an error
-// response's body, and replaces the API key with "[redacted]" in it, should
-// the server quote it. A 2xx response whose JSON body is an error,
+// response's body, and replaces the API key with "[redacted]" in it, and in
+// the status line, should the server quote it: in a JSON body, also where
+// escapes spell it, as in "sk\u002d...". A 2xx response whose JSON body is an error,
 // {"error": {...}}, as some gateways send, is an *openai.APIError with that
 // 2xx status rather than an empty success; it is not retried.
 func (c *Client) CreateChatCompletion(ctx context.Context, req openai.ChatCompletionRequest) (openai.ChatCompletionResponse, error) {

@@ -45,11 +45,19 @@ type Config struct {
 	// BaseURL is the OpenAI-compatible API root, such as
 	// "https://api.holysheep.ai/v1". Empty means $HOLYSHEEP_BASE_URL, then
 	// DefaultBaseURL. It is used normalised: scheme and host in lower
-	// case, without trailing slash. Plain http is accepted for loopback
-	// hosts only, so the key is never sent in clear over a network.
+	// case, without trailing slash.
+	//
+	// Plain http is accepted for loopback hosts only (a loopback IP,
+	// "localhost" or a name under ".localhost"), so the key is never sent
+	// in clear over a network. Such attempts use no proxy, whatever the
+	// transport's Proxy or the environment says, resolve localhost names
+	// to 127.0.0.1 then ::1 without asking DNS (RFC 6761), and fail before
+	// anything is sent if the connection is not to a loopback address; see
+	// HTTPClient for the transports this needs.
 	BaseURL string
 	// FallbackURLs are tried in order, wrapping around, when the endpoint
-	// in use fails FailoverAfter attempts in a row. They share the API key.
+	// in use fails FailoverAfter attempts in a row. They share the API key
+	// and follow BaseURL's rules.
 	FallbackURLs []string
 	// Model is used by Chat, and by requests that leave Model empty.
 	// Empty means DefaultModel.
@@ -71,6 +79,16 @@ type Config struct {
 	// HTTPClient supplies the base transport (its Transport, or
 	// http.DefaultTransport when nil), redirect policy, cookie jar and
 	// timeout. Nil means http.DefaultClient.
+	//
+	// Attempts at a plain-http endpoint go through a Clone of the
+	// transport, when it is an *http.Transport, with its Proxy removed and
+	// its dialer (DialContext, else a net.Dialer like net/http's default)
+	// made to accept loopback connections only; that clone has idle
+	// connections of its own, closed by Client.Shutdown. Any other
+	// http.RoundTripper cannot be made to do so: plain http through one is
+	// accepted for loopback IPs and "localhost" only, which net/http's
+	// environment proxy settings never proxy, and trusted to connect them
+	// directly; a name under ".localhost" is refused.
 	HTTPClient *http.Client
 	// Logger receives retries, failovers and drains. Nil means silent.
 	Logger *slog.Logger
@@ -206,14 +224,20 @@ func resolve(cfg Config) (resolved, error) {
 	if cfg.BaseURL == "" {
 		cfg.BaseURL = DefaultBaseURL
 	}
+	if cfg.HTTPClient == nil {
+		cfg.HTTPClient = http.DefaultClient
+	}
+	// Whether plain-http attempts can be kept off proxies and on loopback;
+	// see Config.HTTPClient.
+	_, checked := baseTransport(cfg.HTTPClient).(*http.Transport)
 	var r resolved
-	ep, err := checkURL(cfg.BaseURL)
+	ep, err := checkURL(cfg.BaseURL, checked)
 	if err != "" {
 		bad("BaseURL", "%s", err)
 	}
 	r.endpoints = append(r.endpoints, ep)
 	for i, u := range cfg.FallbackURLs {
-		ep, err := checkURL(u)
+		ep, err := checkURL(u, checked)
 		if err != "" {
 			bad(fmt.Sprintf("FallbackURLs[%d]", i), "%s", err)
 		}
@@ -253,9 +277,6 @@ func resolve(cfg Config) (resolved, error) {
 	if cfg.ShouldRetry == nil {
 		cfg.ShouldRetry = DefaultShouldRetry
 	}
-	if cfg.HTTPClient == nil {
-		cfg.HTTPClient = http.DefaultClient
-	}
 	if cfg.Tracker == nil {
 		cfg.Tracker = NewTracker()
 	}
@@ -264,12 +285,14 @@ func resolve(cfg Config) (resolved, error) {
 }
 
 // checkURL returns an endpoint URL normalised, and what is wrong with it,
-// or "". The message shows the URL with any password redacted.
+// or "". The message shows the URL with any password redacted. checked says
+// whether plain-http attempts go through a transport llmdrain keeps off
+// proxies and on loopback.
 //
 // The normalised form, scheme and host in lower case and no trailing
 // slash, is the one every use compares against: go-openai builds request
 // URLs from it, and failover and the key's origins match them to it.
-func checkURL(s string) (string, string) {
+func checkURL(s string, checked bool) (string, string) {
 	u, err := url.Parse(s)
 	if err != nil {
 		return s, "not a valid URL"
@@ -288,6 +311,8 @@ func checkURL(s string) (string, string) {
 		return s, fmt.Sprintf("%q: must not have a query or fragment", shown)
 	case u.Scheme == "http" && !isLoopback(u.Hostname()):
 		return s, fmt.Sprintf("%q: plain http would send the API key unencrypted; use https (http is allowed for loopback hosts only)", shown)
+	case u.Scheme == "http" && !checked && isLocalhostName(u.Hostname()) && !strings.EqualFold(u.Hostname(), "localhost"):
+		return s, fmt.Sprintf("%q: plain http to a name under .localhost needs HTTPClient.Transport to be an *http.Transport (or nil), so that llmdrain can keep the connection off proxies and DNS; use 127.0.0.1, localhost or https", shown)
 	}
 	return normalizeURL(u), ""
 }
@@ -308,9 +333,24 @@ func normalizeURL(u *url.URL) string {
 }
 
 func isLoopback(host string) bool {
-	if strings.EqualFold(host, "localhost") || strings.HasSuffix(strings.ToLower(host), ".localhost") {
+	if isLocalhostName(host) {
 		return true
 	}
 	ip := net.ParseIP(host)
 	return ip != nil && ip.IsLoopback()
+}
+
+// isLocalhostName reports whether host is "localhost" or a name under it,
+// which RFC 6761 reserves for loopback.
+func isLocalhostName(host string) bool {
+	return strings.EqualFold(host, "localhost") || strings.HasSuffix(strings.ToLower(host), ".localhost")
+}
+
+// baseTransport is the transport under hc: its own, or
+// http.DefaultTransport.
+func baseTransport(hc *http.Client) http.RoundTripper {
+	if hc.Transport != nil {
+		return hc.Transport
+	}
+	return http.DefaultTransport
 }
