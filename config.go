@@ -59,8 +59,12 @@ type Config struct {
 	// in use fails FailoverAfter attempts in a row. They share the API key
 	// and follow BaseURL's rules.
 	FallbackURLs []string
-	// Model is used by Chat, and by requests that leave Model empty.
-	// Empty means DefaultModel.
+	// Model is the model of Chat, and of the chat and text completion
+	// requests that leave it empty: CreateChatCompletion,
+	// CreateChatCompletionStream, and the same requests (and
+	// CreateCompletion, CreateCompletionStream) made through OpenAI().
+	// Other endpoints, embeddings or images for one, take models of
+	// other kinds and get no default. Empty means DefaultModel.
 	Model string
 	// MaxRetries is how many times a failed attempt is retried: 0 means
 	// DefaultMaxRetries, a negative value means never.
