@@ -86,8 +86,8 @@ type Config struct {
 	//
 	// Attempts at a plain-http endpoint go through a Clone of the
 	// transport, when it is an *http.Transport, with its Proxy removed and
-	// its dialer (DialContext, else a net.Dialer like net/http's default)
-	// made to accept loopback connections only; that clone has idle
+	// its dialer (DialContext, else a net.Dialer like net/http's default;
+	// never the deprecated Dial) made to accept loopback connections only; that clone has idle
 	// connections of its own, closed by Client.Shutdown. Any other
 	// http.RoundTripper cannot be made to do so: plain http through one is
 	// accepted for loopback IPs and "localhost" only, which net/http's

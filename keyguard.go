@@ -93,15 +93,12 @@ func loopbackTransport(tr *http.Transport) *http.Transport {
 	c.Proxy = nil
 	c.OnProxyConnectResponse = nil
 	dial := c.DialContext
-	if dial == nil && c.Dial != nil {
-		d := c.Dial
-		dial = func(_ context.Context, network, addr string) (net.Conn, error) { return d(network, addr) }
-	}
 	if dial == nil {
 		// net/http's default dialer, but for the check before connecting.
+		// (A deprecated Dial func is not used: DialContext, set below,
+		// takes priority over it.)
 		dial = (&net.Dialer{Timeout: 30 * time.Second, KeepAlive: 30 * time.Second, Control: loopbackOnly}).DialContext
 	}
-	c.Dial = nil
 	c.DialContext = loopbackDial(dial)
 	return c
 }
