@@ -85,14 +85,15 @@ type Config struct {
 	// timeout. Nil means http.DefaultClient.
 	//
 	// Attempts at a plain-http endpoint go through a Clone of the
-	// transport, when it is an *http.Transport, with its Proxy removed and
-	// its dialer (DialContext, else a net.Dialer like net/http's default;
-	// never the deprecated Dial) made to accept loopback connections only; that clone has idle
-	// connections of its own, closed by Client.Shutdown. Any other
-	// http.RoundTripper cannot be made to do so: plain http through one is
-	// accepted for loopback IPs and "localhost" only, which net/http's
-	// environment proxy settings never proxy, and trusted to connect them
-	// directly; a name under ".localhost" is refused.
+	// transport, when it is an *http.Transport, with its Proxy removed
+	// and its dialer (DialContext, else a net.Dialer like net/http's
+	// default; never the deprecated Dial) made to accept loopback
+	// connections only; that clone has idle connections of its own,
+	// closed by Client.Shutdown. Any other http.RoundTripper cannot be
+	// made to do so: plain http through one is accepted for loopback IPs
+	// and "localhost" only, which net/http's environment proxy settings
+	// never proxy, and trusted to connect them directly; a name under
+	// ".localhost" is refused.
 	HTTPClient *http.Client
 	// Logger receives retries, failovers and drains. Nil means silent.
 	Logger *slog.Logger
