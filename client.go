@@ -1,12 +1,16 @@
 package llmdrain
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"net/url"
+	"slices"
+	"strings"
 
 	openai "github.com/sashabaranov/go-openai"
 	"golang.org/x/sync/semaphore"
@@ -24,6 +28,7 @@ var ErrEmptyPrompt = errors.New("llmdrain: empty prompt")
 // concurrent use. Create it with New; the zero Client is not usable.
 type Client struct {
 	oa      *openai.Client
+	public  *openai.Client // OpenAI()'s: oa with Config.Model as default
 	http    *http.Client
 	tracker *Tracker
 	model   string
@@ -39,12 +44,7 @@ func New(cfg Config) (*Client, error) {
 	if err != nil {
 		return nil, err
 	}
-	base := r.HTTPClient.Transport
-	if base == nil {
-		base = http.DefaultTransport
-	}
 	tr := &transport{
-		base:           base,
 		tracker:        r.Tracker,
 		maxRetries:     r.MaxRetries,
 		newBackoff:     r.Backoff,
@@ -64,6 +64,7 @@ func New(cfg Config) (*Client, error) {
 			tr.origins = append(tr.origins, origin{scheme: u.Scheme, host: u.Host})
 		}
 	}
+	tr.base = newKeyGuard(baseTransport(r.HTTPClient), tr.origins, tr.key)
 	if r.MaxConcurrent > 0 {
 		tr.sem = semaphore.NewWeighted(int64(r.MaxConcurrent))
 	}
@@ -77,8 +78,15 @@ func New(cfg Config) (*Client, error) {
 	oc := openai.DefaultConfig("")
 	oc.BaseURL = r.endpoints[0]
 	oc.HTTPClient = hc
+	// OpenAI()'s client is the same but for the default model, which
+	// Client's own methods set on the request, costing nothing.
+	pc := oc
+	phc := *hc
+	phc.Transport = &modelDefault{next: tr, model: r.Model}
+	pc.HTTPClient = &phc
 	return &Client{
 		oa:      openai.NewClientWithConfig(oc),
+		public:  openai.NewClientWithConfig(pc),
 		http:    hc,
 		tracker: r.Tracker,
 		model:   r.Model,
@@ -116,8 +124,9 @@ func (c *Client) Chat(ctx context.Context, prompt string) (string, error) {
 // ErrForcedShutdown and context errors.
 //
 // Every method, OpenAI()'s included, reads at most 1 MiB of an error
-// response's body, and replaces the API key with "[redacted]" in it, should
-// the server quote it. A 2xx response whose JSON body is an error,
+// response's body, and replaces the API key with "[redacted]" in it, and in
+// the status line, should the server quote it: in a JSON body, also where
+// escapes spell it, as in "sk\u002d...". A 2xx response whose JSON body is an error,
 // {"error": {...}}, as some gateways send, is an *openai.APIError with that
 // 2xx status rather than an empty success; it is not retried.
 func (c *Client) CreateChatCompletion(ctx context.Context, req openai.ChatCompletionRequest) (openai.ChatCompletionResponse, error) {
@@ -148,7 +157,10 @@ func (c *Client) CreateChatCompletionStream(ctx context.Context, req openai.Chat
 // OpenAI returns the underlying go-openai client for every other endpoint
 // (embeddings, models, images, files, ...). Its calls go through the same
 // transport: tracked, retried, failed over and refused while draining.
-func (c *Client) OpenAI() *openai.Client { return c.oa }
+// Its chat and text completion requests (CreateChatCompletion,
+// CreateCompletion and their streams) that leave Model empty get
+// Config.Model; other requests are sent as they are.
+func (c *Client) OpenAI() *openai.Client { return c.public }
 
 // Tracker returns the Tracker that registers this client's calls.
 func (c *Client) Tracker() *Tracker { return c.tracker }
@@ -182,4 +194,84 @@ func envelopeError(resp *http.Response, body []byte) error {
 // String describes the client without its key.
 func (c *Client) String() string {
 	return fmt.Sprintf("llmdrain.Client{BaseURL: %q, Model: %q}", c.base, c.model)
+}
+
+// modelDefault sets the model of a chat or text completion request whose
+// JSON body leaves it empty or out, for the requests made through
+// OpenAI(): go-openai has no such default, and always encodes the model,
+// first. So the common case, a model given, is told from the body's first
+// bytes, read from a copy (GetBody); any other body, JSON that is no
+// object or a multipart upload, is sent as it is.
+type modelDefault struct {
+	next  http.RoundTripper
+	model string
+}
+
+// emptyModel is how go-openai's requests begin when Model is empty.
+const emptyModel = `{"model":""`
+
+func (m *modelDefault) RoundTrip(req *http.Request) (*http.Response, error) {
+	if req.Method != http.MethodPost || req.GetBody == nil ||
+		!(strings.HasSuffix(req.URL.Path, "/chat/completions") || strings.HasSuffix(req.URL.Path, "/completions")) ||
+		!strings.HasPrefix(req.Header.Get("Content-Type"), "application/json") {
+		return m.next.RoundTrip(req)
+	}
+	rc, err := req.GetBody()
+	if err != nil {
+		return m.next.RoundTrip(req)
+	}
+	var head [len(emptyModel)]byte
+	n, _ := io.ReadFull(rc, head[:])
+	if n == len(head) && string(head[:]) != emptyModel && string(head[:len(emptyModel)-1]) == emptyModel[:len(emptyModel)-1] {
+		rc.Close()
+		return m.next.RoundTrip(req) // {"model":"x...
+	}
+	rest, err := io.ReadAll(rc)
+	rc.Close()
+	if err != nil {
+		return m.next.RoundTrip(req)
+	}
+	body := withModel(append(head[:n:n], rest...), m.model)
+	if body == nil {
+		return m.next.RoundTrip(req)
+	}
+	closeBody(req) // replaced: the RoundTripper contract has it closed
+	r := req.WithContext(req.Context())
+	r.ContentLength = int64(len(body))
+	r.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(body)), nil }
+	r.Body, _ = r.GetBody()
+	return m.next.RoundTrip(r)
+}
+
+// CloseIdleConnections reaches through to the transport.
+func (m *modelDefault) CloseIdleConnections() {
+	if c, ok := m.next.(interface{ CloseIdleConnections() }); ok {
+		c.CloseIdleConnections()
+	}
+}
+
+// withModel returns body, a JSON object, with its "model" set to model if
+// it was empty or missing; nil if body needs no change or is no object.
+func withModel(body []byte, model string) []byte {
+	quoted, err := json.Marshal(model)
+	if err != nil {
+		return nil
+	}
+	if rest, ok := bytes.CutPrefix(body, []byte(emptyModel)); ok {
+		// go-openai's encoding: put the model in place, keep the rest.
+		return slices.Concat([]byte(`{"model":`), quoted, rest)
+	}
+	var fields map[string]json.RawMessage
+	if json.Unmarshal(body, &fields) != nil {
+		return nil
+	}
+	if m, ok := fields["model"]; ok && string(m) != `""` && string(m) != "null" {
+		return nil
+	}
+	fields["model"] = quoted
+	out, err := json.Marshal(fields)
+	if err != nil {
+		return nil
+	}
+	return out
 }

@@ -51,6 +51,8 @@ func BenchmarkCreateChatCompletion(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
+	// Its plain-http endpoint has a pool of its own, derived from ldTr.
+	defer ld.Shutdown(context.Background())
 	clients := []client{
 		{"gopenai", bare.CreateChatCompletion, bareTr},
 		{"llmdrain", ld.CreateChatCompletion, ldTr},

@@ -656,3 +656,116 @@ func TestRedirectDoesNotForwardKey(t *testing.T) {
 	require.Len(t, gotAuth, 1)
 	assert.Empty(t, gotAuth[0])
 }
+
+// TestUpperCaseURLsFailOver configures endpoints with upper-case schemes
+// and hosts: failover still moves to the fallback.
+func TestUpperCaseURLsFailOver(t *testing.T) {
+	primary := newServer(t)
+	fallback := newServer(t)
+	primary.Script(repeat(llmtest.Status(503), 3)...)
+	upper := func(u string) string {
+		return "HTTP://" + strings.Replace(strings.TrimPrefix(u, "http://"), "127.0.0.1", "LocalHost", 1) + "/"
+	}
+	c := newTestClient(t, primary, Config{BaseURL: upper(primary.URL), FallbackURLs: []string{upper(fallback.URL)}})
+	got, err := c.Chat(context.Background(), "fail me over")
+	require.NoError(t, err)
+	assert.Equal(t, llmtest.Reply("fail me over"), got)
+	assert.Equal(t, 3, primary.Stats().Requests)
+	assert.Equal(t, 1, fallback.Stats().Requests)
+	assert.Equal(t, 1, settled(t, fallback).Completed("fail me over"), "with the key")
+}
+
+// TestOpenAIRequestsGetConfigModel checks that chat and text completion
+// requests made through OpenAI() that leave Model empty get Config.Model,
+// and that others are sent as they are.
+func TestOpenAIRequestsGetConfigModel(t *testing.T) {
+	srv := newServer(t)
+	c := newTestClient(t, srv, Config{Model: "configured-model"})
+	ctx := context.Background()
+	oa := c.OpenAI()
+
+	resp, err := oa.CreateChatCompletion(ctx, userMsg("default"))
+	require.NoError(t, err)
+	assert.Equal(t, "configured-model", resp.Model)
+
+	req := userMsg("chosen")
+	req.Model = "chosen-model"
+	resp, err = oa.CreateChatCompletion(ctx, req)
+	require.NoError(t, err)
+	assert.Equal(t, "chosen-model", resp.Model)
+
+	s, err := oa.CreateChatCompletionStream(ctx, userMsg("a stream"))
+	require.NoError(t, err)
+	chunk, err := s.Recv()
+	require.NoError(t, err)
+	assert.Equal(t, "configured-model", chunk.Model)
+	_, err = readStream(s)
+	require.NoError(t, err)
+	require.NoError(t, s.Close())
+
+	// Embedding models are of another kind: no default.
+	emb, err := oa.CreateEmbeddings(ctx, openai.EmbeddingRequest{Input: []string{"x"}})
+	require.NoError(t, err)
+	assert.Equal(t, openai.EmbeddingModel(""), emb.Model)
+}
+
+// TestOpenAICompletionGetsConfigModel checks the text completion endpoint,
+// which llmtest does not serve, on a server of its own.
+func TestOpenAICompletionGetsConfigModel(t *testing.T) {
+	srv := newRecorder(t, "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}")
+	c, err := New(Config{APIKey: fakeKey, BaseURL: "http://" + srv.addr() + "/v1", Model: "configured-model"})
+	require.NoError(t, err)
+	defer c.http.CloseIdleConnections()
+	_, err = c.OpenAI().CreateCompletion(context.Background(), openai.CompletionRequest{Prompt: "x"})
+	require.NoError(t, err)
+	_, sent := srv.received()
+	_, body, _ := strings.Cut(sent, "\r\n\r\n")
+	assert.True(t, strings.HasPrefix(body, `{"model":"configured-model","prompt":"x"`), body)
+}
+
+func TestWithModel(t *testing.T) {
+	for body, want := range map[string]string{
+		`{"model":"","messages":[]}`:        `{"model":"m","messages":[]}`,
+		`{"messages":[]}`:                   `{"messages":[],"model":"m"}`,
+		`{"messages":[],"model":null}`:      `{"messages":[],"model":"m"}`,
+		` {"messages":[],"model":""}`:       `{"messages":[],"model":"m"}`,
+		`{"messages":[],"model":"x"}`:       ``,
+		`{"model":"x"}`:                     ``,
+		`[{"model":""}]`:                    ``,
+		`--boundary\r\nmultipart, not JSON`: ``,
+		``:                                  ``,
+	} {
+		assert.Equal(t, want, string(withModel([]byte(body), "m")), body)
+	}
+}
+
+// TestModelDefaultPassesOtherBodiesThrough sends requests the model default
+// must leave alone straight to a base transport.
+func TestModelDefaultPassesOtherBodiesThrough(t *testing.T) {
+	var got []string
+	next := roundTripFunc(func(req *http.Request) (*http.Response, error) {
+		b, err := io.ReadAll(req.Body)
+		require.NoError(t, err)
+		got = append(got, string(b))
+		return &http.Response{StatusCode: 200, Body: http.NoBody}, nil
+	})
+	m := &modelDefault{next: next, model: "m"}
+	for _, c := range []struct{ path, ctype, body string }{
+		{"/v1/chat/completions", "multipart/form-data; boundary=x", `{"model":""}`},
+		{"/v1/embeddings", "application/json", `{"model":""}`},
+		{"/v1/chat/completions", "application/json", `{"model":"x"}`},
+		{"/v1/chat/completions", "application/json", `not json`},
+		{"/v1/chat/completions", "application/json", `{"mod`},
+	} {
+		req, err := http.NewRequest(http.MethodPost, "http://127.0.0.1"+c.path, strings.NewReader(c.body))
+		require.NoError(t, err)
+		req.Header.Set("Content-Type", c.ctype)
+		_, err = m.RoundTrip(req)
+		require.NoError(t, err)
+		assert.Equal(t, c.body, got[len(got)-1], c)
+	}
+}
+
+type roundTripFunc func(*http.Request) (*http.Response, error)
+
+func (f roundTripFunc) RoundTrip(req *http.Request) (*http.Response, error) { return f(req) }

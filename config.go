@@ -44,14 +44,27 @@ type Config struct {
 	APIKey string
 	// BaseURL is the OpenAI-compatible API root, such as
 	// "https://api.holysheep.ai/v1". Empty means $HOLYSHEEP_BASE_URL, then
-	// DefaultBaseURL. Plain http is accepted for loopback hosts only, so
-	// the key is never sent in clear over a network.
+	// DefaultBaseURL. It is used normalised: scheme and host in lower
+	// case, without trailing slash.
+	//
+	// Plain http is accepted for loopback hosts only (a loopback IP,
+	// "localhost" or a name under ".localhost"), so the key is never sent
+	// in clear over a network. Such attempts use no proxy, whatever the
+	// transport's Proxy or the environment says, resolve localhost names
+	// to 127.0.0.1 then ::1 without asking DNS (RFC 6761), and fail before
+	// anything is sent if the connection is not to a loopback address; see
+	// HTTPClient for the transports this needs.
 	BaseURL string
 	// FallbackURLs are tried in order, wrapping around, when the endpoint
-	// in use fails FailoverAfter attempts in a row. They share the API key.
+	// in use fails FailoverAfter attempts in a row. They share the API key
+	// and follow BaseURL's rules.
 	FallbackURLs []string
-	// Model is used by Chat, and by requests that leave Model empty.
-	// Empty means DefaultModel.
+	// Model is the model of Chat, and of the chat and text completion
+	// requests that leave it empty: CreateChatCompletion,
+	// CreateChatCompletionStream, and the same requests (and
+	// CreateCompletion, CreateCompletionStream) made through OpenAI().
+	// Other endpoints, embeddings or images for one, take models of
+	// other kinds and get no default. Empty means DefaultModel.
 	Model string
 	// MaxRetries is how many times a failed attempt is retried: 0 means
 	// DefaultMaxRetries, a negative value means never.
@@ -70,6 +83,17 @@ type Config struct {
 	// HTTPClient supplies the base transport (its Transport, or
 	// http.DefaultTransport when nil), redirect policy, cookie jar and
 	// timeout. Nil means http.DefaultClient.
+	//
+	// Attempts at a plain-http endpoint go through a Clone of the
+	// transport, when it is an *http.Transport, with its Proxy removed
+	// and its dialer (DialContext, else a net.Dialer like net/http's
+	// default; never the deprecated Dial) made to accept loopback
+	// connections only; that clone has idle connections of its own,
+	// closed by Client.Shutdown. Any other http.RoundTripper cannot be
+	// made to do so: plain http through one is accepted for loopback IPs
+	// and "localhost" only, which net/http's environment proxy settings
+	// never proxy, and trusted to connect them directly; a name under
+	// ".localhost" is refused.
 	HTTPClient *http.Client
 	// Logger receives retries, failovers and drains. Nil means silent.
 	Logger *slog.Logger
@@ -176,7 +200,7 @@ func (e *ConfigError) Is(target error) bool { return target == ErrInvalidConfig 
 // resolved is a validated Config with its defaults applied.
 type resolved struct {
 	Config
-	endpoints []string // BaseURL then FallbackURLs, without trailing slash
+	endpoints []string // BaseURL then FallbackURLs, normalised by checkURL
 }
 
 // resolve applies environment and defaults and validates. All problems are
@@ -205,16 +229,24 @@ func resolve(cfg Config) (resolved, error) {
 	if cfg.BaseURL == "" {
 		cfg.BaseURL = DefaultBaseURL
 	}
+	if cfg.HTTPClient == nil {
+		cfg.HTTPClient = http.DefaultClient
+	}
+	// Whether plain-http attempts can be kept off proxies and on loopback;
+	// see Config.HTTPClient.
+	_, checked := baseTransport(cfg.HTTPClient).(*http.Transport)
 	var r resolved
-	if err := checkURL(cfg.BaseURL); err != "" {
+	ep, err := checkURL(cfg.BaseURL, checked)
+	if err != "" {
 		bad("BaseURL", "%s", err)
 	}
-	r.endpoints = append(r.endpoints, strings.TrimRight(cfg.BaseURL, "/"))
+	r.endpoints = append(r.endpoints, ep)
 	for i, u := range cfg.FallbackURLs {
-		if err := checkURL(u); err != "" {
+		ep, err := checkURL(u, checked)
+		if err != "" {
 			bad(fmt.Sprintf("FallbackURLs[%d]", i), "%s", err)
 		}
-		r.endpoints = append(r.endpoints, strings.TrimRight(u, "/"))
+		r.endpoints = append(r.endpoints, ep)
 	}
 
 	if cfg.Model == "" {
@@ -250,9 +282,6 @@ func resolve(cfg Config) (resolved, error) {
 	if cfg.ShouldRetry == nil {
 		cfg.ShouldRetry = DefaultShouldRetry
 	}
-	if cfg.HTTPClient == nil {
-		cfg.HTTPClient = http.DefaultClient
-	}
 	if cfg.Tracker == nil {
 		cfg.Tracker = NewTracker()
 	}
@@ -260,35 +289,73 @@ func resolve(cfg Config) (resolved, error) {
 	return r, errors.Join(errs...)
 }
 
-// checkURL returns what is wrong with an endpoint URL, or "". The message
-// shows the URL with any password redacted.
-func checkURL(s string) string {
+// checkURL returns an endpoint URL normalised, and what is wrong with it,
+// or "". The message shows the URL with any password redacted. checked says
+// whether plain-http attempts go through a transport llmdrain keeps off
+// proxies and on loopback.
+//
+// The normalised form, scheme and host in lower case and no trailing
+// slash, is the one every use compares against: go-openai builds request
+// URLs from it, and failover and the key's origins match them to it.
+func checkURL(s string, checked bool) (string, string) {
 	u, err := url.Parse(s)
 	if err != nil {
-		return "not a valid URL"
+		return s, "not a valid URL"
 	}
 	shown := redactedURL(u)
 	switch {
 	case u.Scheme != "http" && u.Scheme != "https":
-		return fmt.Sprintf("%q: scheme must be http or https", shown)
+		return s, fmt.Sprintf("%q: scheme must be http or https", shown)
 	case u.Host == "" || u.Hostname() == "":
-		return fmt.Sprintf("%q: no host", shown)
+		return s, fmt.Sprintf("%q: no host", shown)
 	case u.User != nil:
-		return fmt.Sprintf("%q: must not contain credentials; use APIKey", shown)
+		return s, fmt.Sprintf("%q: must not contain credentials; use APIKey", shown)
 	case u.RawQuery != "" || u.ForceQuery || strings.Contains(s, "#"):
 		// Even an empty "?" or "#": paths are appended to the URL as a
 		// string, and would end up in the query or fragment.
-		return fmt.Sprintf("%q: must not have a query or fragment", shown)
+		return s, fmt.Sprintf("%q: must not have a query or fragment", shown)
 	case u.Scheme == "http" && !isLoopback(u.Hostname()):
-		return fmt.Sprintf("%q: plain http would send the API key unencrypted; use https (http is allowed for loopback hosts only)", shown)
+		return s, fmt.Sprintf("%q: plain http would send the API key unencrypted; use https (http is allowed for loopback hosts only)", shown)
+	case u.Scheme == "http" && !checked && isLocalhostName(u.Hostname()) && !strings.EqualFold(u.Hostname(), "localhost"):
+		return s, fmt.Sprintf("%q: plain http to a name under .localhost needs HTTPClient.Transport to be an *http.Transport (or nil), so that llmdrain can keep the connection off proxies and DNS; use 127.0.0.1, localhost or https", shown)
 	}
-	return ""
+	return normalizeURL(u), ""
+}
+
+// normalizeURL lower-cases u's host (but an IPv6 zone, which names an
+// interface) and drops its path's trailing slashes; url.Parse has
+// lower-cased the scheme already.
+func normalizeURL(u *url.URL) string {
+	v := *u
+	host, zone, _ := strings.Cut(v.Host, "%")
+	v.Host = strings.ToLower(host)
+	if zone != "" {
+		v.Host += "%" + zone
+	}
+	v.Path = strings.TrimRight(v.Path, "/")
+	v.RawPath = strings.TrimRight(v.RawPath, "/")
+	return v.String()
 }
 
 func isLoopback(host string) bool {
-	if strings.EqualFold(host, "localhost") || strings.HasSuffix(strings.ToLower(host), ".localhost") {
+	if isLocalhostName(host) {
 		return true
 	}
 	ip := net.ParseIP(host)
 	return ip != nil && ip.IsLoopback()
+}
+
+// isLocalhostName reports whether host is "localhost" or a name under it,
+// which RFC 6761 reserves for loopback.
+func isLocalhostName(host string) bool {
+	return strings.EqualFold(host, "localhost") || strings.HasSuffix(strings.ToLower(host), ".localhost")
+}
+
+// baseTransport is the transport under hc: its own, or
+// http.DefaultTransport.
+func baseTransport(hc *http.Client) http.RoundTripper {
+	if hc.Transport != nil {
+		return hc.Transport
+	}
+	return http.DefaultTransport
 }

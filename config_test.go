@@ -114,3 +114,17 @@ func TestConfigErrorIs(t *testing.T) {
 	assert.True(t, errors.Is(err, ErrInvalidConfig))
 	assert.True(t, strings.HasPrefix((&ConfigError{Field: "X", Problem: "y"}).Error(), "llmdrain: invalid config: X: y"))
 }
+
+// TestEndpointsNormalised checks the one form every use of an endpoint
+// compares against.
+func TestEndpointsNormalised(t *testing.T) {
+	r, err := resolve(Config{APIKey: fakeKey, BaseURL: "HTTPS://API.Example.COM/V1/",
+		FallbackURLs: []string{"Http://LOCALHOST:8080//", "https://[FE80::1%25En0]:443/a%2Fb/"}})
+	require.NoError(t, err)
+	assert.Equal(t, []string{"https://api.example.com/V1", "http://localhost:8080", "https://[fe80::1%25En0]:443/a%2Fb"}, r.endpoints)
+	c, err := New(r.Config)
+	require.NoError(t, err)
+	assert.Equal(t, `llmdrain.Client{BaseURL: "https://api.example.com/V1", Model: "gpt-4o"}`, c.String())
+	tr := c.http.Transport.(*transport)
+	assert.Equal(t, []origin{{"https", "api.example.com"}, {"http", "localhost:8080"}, {"https", "[fe80::1%En0]:443"}}, tr.origins)
+}

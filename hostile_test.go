@@ -551,6 +551,7 @@ func FuzzConfig(f *testing.F) {
 	f.Add("", "https://user:"+fakeKey+"@api.example.com/v1", "http://[::1]:1/v1", int64(1), int64(1), 1, 1, 1)
 	f.Add("k", "https://h/v1?", "https://h/v1#", int64(0), int64(0), 0, 0, 0)
 	f.Add("sk-é", "http://LOCALHOST/v1", "http://llm.localhost/v1", int64(0), int64(0), 0, 0, 0)
+	f.Add("k", "HTTP://127.0.0.1:8080/v1", "https://Backup.Example.com/v1/", int64(0), int64(0), 0, 0, 0)
 	f.Fuzz(func(t *testing.T, key, base, fallback string, attempt, retryAfter int64, concurrent, failover, retries int) {
 		cfg := Config{APIKey: key, BaseURL: base, AttemptTimeout: time.Duration(attempt), MaxRetryAfter: time.Duration(retryAfter),
 			MaxConcurrent: concurrent, FailoverAfter: failover, MaxRetries: retries, Model: "m"}
@@ -619,6 +620,23 @@ func FuzzConfig(f *testing.F) {
 			call, err := url.Parse(ep + "/chat/completions")
 			if err != nil || call.Host != u.Host || !strings.HasSuffix(call.Path, "/chat/completions") || call.RawQuery != "" || call.Fragment != "" {
 				t.Fatalf("accepted endpoint %q: a call goes to %v", ep, call)
+			}
+			if u.Scheme != strings.ToLower(u.Scheme) || u.Host != strings.ToLower(u.Host) && !strings.Contains(u.Host, "%") || strings.HasSuffix(ep, "/") {
+				t.Fatalf("endpoint %q is not normalised", ep)
+			}
+		}
+		// Failover moves a call built against the primary endpoint to each
+		// of the others, and the key goes with it.
+		tr := c.http.Transport.(*transport)
+		first, _ := url.Parse(r.endpoints[0] + "/chat/completions")
+		for i, ep := range r.endpoints {
+			moved, ok := first, true
+			if i > 0 {
+				moved, ok = tr.rebase(first, int32(i))
+			}
+			want, _ := url.Parse(ep + "/chat/completions")
+			if !ok || moved.String() != want.String() || !tr.atEndpoint(moved) {
+				t.Fatalf("a call to %v is moved to endpoint %q as %v (%v), key: %v", first, ep, moved, ok, ok && tr.atEndpoint(moved))
 			}
 		}
 		// The client's printout does not depend on the key (a key that

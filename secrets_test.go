@@ -21,6 +21,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cenkalti/backoff/v4"
 	openai "github.com/sashabaranov/go-openai"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -173,6 +174,7 @@ func TestSecretsNeverLeak(t *testing.T) {
 	})
 
 	echo := `{"error":{"message":"Incorrect API key provided: ` + fakeKey + `","type":"invalid_request_error","code":"invalid_api_key"}}`
+	escapedEcho := `{"error":{"message":"Incorrect API key provided: ` + escapedKey + `","type":"invalid_request_error","code":"` + escapedKey + `"}}`
 	failures := []struct {
 		name   string
 		script []llmtest.Fault
@@ -190,6 +192,11 @@ func TestSecretsNeverLeak(t *testing.T) {
 		{"truncated stream", []llmtest.Fault{llmtest.Truncate(1)}, true, isUnexpectedEOF},
 		{"truncated answer", []llmtest.Fault{llmtest.Truncate(0)}, false, isUnexpectedEOF},
 		{"HTML 502", repeat(llmtest.Status(502).WithBody(proxyPage), 4), false, isRequestError(502)},
+		{"401 echoing the key escaped", []llmtest.Fault{llmtest.Status(401).WithBody(escapedEcho)}, false, isAPIError(401)},
+		{"401 echoing the key escaped, stream", []llmtest.Fault{llmtest.Status(401).WithBody(escapedEcho)}, true, isAPIError(401)},
+		{"400 echoing the key escaped, not an API error", []llmtest.Fault{llmtest.Status(400).WithBody(`{"detail":"` + escapedKey + `"}`)}, false, isRequestError(400)},
+		{"200 error echoing the key escaped", []llmtest.Fault{llmtest.Status(200).WithBody(escapedEcho)}, false, isAPIError(200)},
+		{"200 error echoing the key escaped, stream", []llmtest.Fault{llmtest.Status(200).WithBody(escapedEcho)}, true, isAPIError(200)},
 	}
 	for _, f := range failures {
 		t.Run(f.name, func(t *testing.T) {
@@ -234,6 +241,28 @@ func TestSecretsNeverLeak(t *testing.T) {
 		_, err = c.Chat(ctx, "redirected")
 		require.Error(t, err)
 		record("redirect", err)
+	})
+
+	t.Run("status line quoting the key", func(t *testing.T) {
+		for name, response := range map[string]string{
+			"reason phrase":         "HTTP/1.1 503 Bad key " + fakeKey + "\r\nContent-Length: 3\r\nConnection: close\r\n\r\nbad",
+			"reason phrase, JSON":   "HTTP/1.1 429 Slow down " + fakeKey + "\r\nContent-Type: application/json\r\nContent-Length: 27\r\nConnection: close\r\n\r\n" + `{"error":{"message":"bad"}}`,
+			"malformed status code": "HTTP/1.1 " + fakeKey + " oops\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+			"malformed status line": "HTTP/1.1+" + fakeKey + "\r\n\r\n",
+		} {
+			rs := newRecorder(t, response)
+			rc, err := New(Config{APIKey: fakeKey, BaseURL: "http://" + rs.addr() + "/v1", MaxRetries: 1, Logger: logger,
+				Backoff: func() backoff.BackOff { return &backoff.ZeroBackOff{} }})
+			require.NoError(t, err)
+			_, err = rc.Chat(ctx, name)
+			require.Error(t, err)
+			record(name, err)
+			s, err := rc.CreateChatCompletionStream(ctx, userMsg(name))
+			require.Error(t, err)
+			record(name+", stream", err)
+			record(name+", stream value", s)
+			require.NoError(t, rc.Shutdown(ctx))
+		}
 	})
 
 	t.Run("wrong key", func(t *testing.T) {

@@ -575,7 +575,8 @@ func readBounded(rc io.Reader, limit int) (b []byte, more bool, err error) {
 }
 
 // errorBody is the body of a failed response as go-openai gets it: read
-// whole on first use but bounded to maxErrorBody bytes, the key scrubbed.
+// whole on first use but bounded to maxErrorBody bytes, the key scrubbed
+// from its bytes and, in JSON, from the strings they decode to.
 // go-openai reads error bodies with io.ReadAll, and puts them into its
 // errors, so an endless body would otherwise be read into memory to its
 // end. Past the bound the body ends as if it were complete.
@@ -594,7 +595,11 @@ func (b *errorBody) Read(p []byte) (int, error) {
 		if more {
 			data = data[:maxErrorBody]
 		}
-		b.r = bytes.NewReader(scrub(data, b.key, more))
+		data = scrub(data, b.key, more)
+		if !more {
+			data = scrubJSON(data, b.key)
+		}
+		b.r = bytes.NewReader(data)
 		if err != nil {
 			b.r = io.MultiReader(b.r, errReader{err})
 		}
@@ -679,7 +684,7 @@ func (b *envelopeBody) sniff(head []byte, err error) {
 		}
 	}
 	b.tailErr = io.EOF
-	if aerr := b.apiError(b.resp, scrub(whole, b.key, false)); aerr != nil {
+	if aerr := b.apiError(b.resp, scrubJSON(scrub(whole, b.key, false), b.key)); aerr != nil {
 		b.buf, b.tailErr = nil, aerr
 	}
 }
