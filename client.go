@@ -132,9 +132,10 @@ func (c *Client) CreateChatCompletion(ctx context.Context, req openai.ChatComple
 // body ends, fails or (with Config.AttemptTimeout) stalls before its first
 // byte is retried like a connection error; once a byte has arrived nothing
 // is replayed. The call stays in flight, holding any drain, until the
-// stream is closed or its body has been received to the end, so always
-// Close it. (go-openai buffers what it receives: events already received
-// may still be returned by Recv after the call stopped counting.)
+// stream is closed, its "data: [DONE]" event has been received, or its
+// body has ended, so always Close it. (go-openai buffers what it receives:
+// events already received may still be returned by Recv after the call
+// stopped counting.)
 //
 // A stream that ends without the API's terminating "data: [DONE]" event (a
 // connection cut mid-answer, or a 2xx answer that was no stream at all)

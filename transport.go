@@ -51,7 +51,8 @@ const maxSniff = 512
 // a Client. Per call it: registers with the Tracker (refusing with
 // ErrDraining once a drain began), waits for a concurrency slot, runs the
 // attempts with retries, backoff and failover, and keeps the call in flight
-// until the response body is closed or read to its end.
+// until the response body is closed or read to its end ([DONE] for a chat
+// stream).
 type transport struct {
 	base           http.RoundTripper
 	tracker        *Tracker
@@ -624,7 +625,9 @@ func endsWithDone(path string) bool {
 }
 
 // trackedBody keeps its call in flight until it is closed or read to its
-// end, and turns a stream that ends without [DONE] into io.ErrUnexpectedEOF.
+// end (for a chat or completion stream, to its [DONE] event, after which it
+// reads as ended), and turns a stream that ends without [DONE] into
+// io.ErrUnexpectedEOF.
 type trackedBody struct {
 	rc     io.ReadCloser
 	ctx    context.Context
@@ -641,9 +644,20 @@ type trackedBody struct {
 }
 
 func (b *trackedBody) Read(p []byte) (int, error) {
+	if b.sse != nil && b.sse.done {
+		// Released at [DONE]: the rest is not the answer's, and the
+		// call's context, which the connection hangs on, has ended.
+		return 0, io.EOF
+	}
 	n, err := b.rc.Read(p)
 	if b.sse != nil {
 		b.sse.Write(p[:n])
+		if b.sse.done && err == nil {
+			// The answer is complete: a server that keeps the connection
+			// open after it must not hold the call, its slot or a drain.
+			b.release()
+			return n, nil
+		}
 	}
 	switch {
 	case err == nil:

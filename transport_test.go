@@ -322,6 +322,76 @@ func TestShouldRetryHeaderIgnoredOnSuccess(t *testing.T) {
 	assert.Equal(t, int32(1), n.Load(), "requests")
 }
 
+// Item: a stream whose [DONE] has been read no longer holds its call,
+// its concurrency slot or a drain, though the server keeps the body open;
+// the body still reads as ended and closes.
+func TestStreamReleasedAtDone(t *testing.T) {
+	srv, _ := scriptedServer(t, func(w http.ResponseWriter, r *http.Request, stop <-chan struct{}) {
+		serveStream(w, r, stop)
+		_ = http.NewResponseController(w).Flush()
+		select { // held open after [DONE]
+		case <-r.Context().Done():
+		case <-stop:
+		}
+	})
+	cl := scriptedClient(t, srv, Config{MaxConcurrent: 1})
+	ctx := callCtx(t)
+	s, err := cl.CreateChatCompletionStream(ctx, userMsg("x"))
+	require.NoError(t, err)
+	text, err := readStream(s)
+	require.NoError(t, err)
+	assert.Equal(t, "hand made", text)
+	assert.Equal(t, 0, cl.Tracker().InFlight(), "released at [DONE]")
+
+	// The slot is free: a second stream opens while the first is unclosed.
+	s2, err := cl.CreateChatCompletionStream(ctx, userMsg("y"))
+	require.NoError(t, err)
+	_, err = readStream(s2)
+	require.NoError(t, err)
+	_, err = s.Recv()
+	assert.ErrorIs(t, err, io.EOF, "the first stream still reads as ended")
+
+	dctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	assert.NoError(t, cl.Tracker().Drain(dctx), "no straggler")
+	assert.NoError(t, s.Close())
+	assert.NoError(t, s2.Close())
+}
+
+// TestStreamReleasedAtDoneRawBody checks the body itself: after the Read
+// that carried [DONE] the call is released and later Reads return io.EOF.
+func TestStreamReleasedAtDoneRawBody(t *testing.T) {
+	srv, _ := scriptedServer(t, func(w http.ResponseWriter, r *http.Request, stop <-chan struct{}) {
+		serveStream(w, r, stop)
+		_, _ = io.WriteString(w, "data: after\n\n")
+		_ = http.NewResponseController(w).Flush()
+		select {
+		case <-r.Context().Done():
+		case <-stop:
+		}
+	})
+	cl := scriptedClient(t, srv, Config{})
+	req, err := http.NewRequestWithContext(callCtx(t), http.MethodPost, srv.URL+"/v1/chat/completions", strings.NewReader("{}"))
+	require.NoError(t, err)
+	req.Header.Set("Accept", "text/event-stream")
+	resp, err := cl.http.Do(req)
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	var got []byte
+	buf := make([]byte, 1)
+	for {
+		k, err := resp.Body.Read(buf)
+		got = append(got, buf[:k]...)
+		if err != nil {
+			assert.Equal(t, io.EOF, err)
+			break
+		}
+	}
+	assert.Equal(t, strings.TrimSuffix(sseAnswer, "\n"), string(got), "read to [DONE]'s line end, nothing after")
+	assert.Equal(t, 0, cl.Tracker().InFlight())
+	assert.NoError(t, resp.Body.Close())
+}
+
 // TestAPIErrorOnStreamStillTyped: an error status on a stream, with the
 // attempt timer left running over its body, is still go-openai's
 // *openai.APIError.
