@@ -485,8 +485,8 @@ func discard(resp *http.Response) {
 // it comes.
 const maxWholeBody = 8 << 20
 
-// peekSize is how much of a stream's start is read to see its first byte:
-// no more than one read returns.
+// peekSize bounds the start of a stream read to see its first byte: what
+// the first read returns, up to this.
 const peekSize = 512
 
 // maxEmptyReads bounds the reads returning neither bytes nor an error, as
