@@ -137,16 +137,21 @@ func (c *Client) CreateChatCompletion(ctx context.Context, req openai.ChatComple
 }
 
 // CreateChatCompletionStream is go-openai's CreateChatCompletionStream,
-// tracked and retried until the first byte of the body; once streaming has
-// started nothing is replayed. The call stays in flight, holding any drain,
-// until the stream is closed or its body has been received to the end, so
-// always Close it. (go-openai buffers what it receives: events already
-// received may still be returned by Recv after the call stopped counting.)
+// tracked and retried until the first byte of the body: a 2xx answer whose
+// body ends, fails or (with Config.AttemptTimeout) stalls before its first
+// byte is retried like a connection error; once a byte has arrived nothing
+// is replayed. The call stays in flight, holding any drain, until the
+// stream is closed, its "data: [DONE]" event has been received, or its
+// body has ended, so always Close it. (go-openai buffers what it receives:
+// events already received may still be returned by Recv after the call
+// stopped counting.)
 //
 // A stream that ends without the API's terminating "data: [DONE]" event (a
 // connection cut mid-answer, or a 2xx answer that was no stream at all)
 // makes Recv return an error matching io.ErrUnexpectedEOF rather than
-// io.EOF, so a truncated answer is never taken for a complete one.
+// io.EOF, so a truncated answer is never taken for a complete one. A
+// redirect that was not followed (see ErrNotAStream) makes Recv return an
+// error matching ErrNotAStream.
 func (c *Client) CreateChatCompletionStream(ctx context.Context, req openai.ChatCompletionRequest) (*openai.ChatCompletionStream, error) {
 	if req.Model == "" {
 		req.Model = c.model

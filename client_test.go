@@ -286,12 +286,24 @@ func TestTruncatedStreamIsUnexpectedEOF(t *testing.T) {
 	assert.Equal(t, 0, c.Tracker().InFlight())
 }
 
-func TestTruncatedPlainResponseFails(t *testing.T) {
+// TestTruncatedPlainResponseRetried: a JSON answer cut mid-body is a
+// failed attempt: retried, and when every attempt is cut, the call fails.
+func TestTruncatedPlainResponseRetried(t *testing.T) {
 	srv := newServer(t)
 	srv.Script(llmtest.Truncate(0))
 	c := newTestClient(t, srv, Config{})
-	_, err := c.Chat(context.Background(), "cut")
-	require.Error(t, err)
+	got, err := c.Chat(context.Background(), "cut")
+	require.NoError(t, err)
+	assert.Equal(t, llmtest.Reply("cut"), got)
+	assert.Equal(t, 2, srv.Stats().Requests)
+	assert.Equal(t, 0, c.Tracker().InFlight())
+
+	srv.Script(repeat(llmtest.Truncate(0), 4)...)
+	_, err = c.Chat(context.Background(), "cut")
+	var re *RetryError
+	require.ErrorAs(t, err, &re)
+	assert.Equal(t, 4, re.Attempts)
+	assert.ErrorIs(t, err, io.ErrUnexpectedEOF)
 	assert.Equal(t, 0, c.Tracker().InFlight())
 }
 

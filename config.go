@@ -73,12 +73,18 @@ type Config struct {
 	// client; further calls wait, bounded by their context, for a slot.
 	// 0 means unlimited. A stream holds its slot until it is closed.
 	MaxConcurrent int
-	// AttemptTimeout bounds one HTTP attempt: the whole exchange for a
-	// plain call, the wait for response headers for a stream. An attempt
-	// that times out is retried; when the last one times out, the call's
-	// error matches context.DeadlineExceeded, as net/http's Client.Timeout
-	// errors do. 0 means no bound but the caller's context, which always
-	// bounds the whole call, retries included.
+	// AttemptTimeout bounds one HTTP attempt. For a plain call, the whole
+	// exchange: the body of a 2xx JSON answer is read within the attempt
+	// (up to 8 MiB), so one that stalls or is cut is a failed attempt; a
+	// larger or raw body (file content, speech) read past that point is
+	// still bounded, but its timeout ends the call. For a stream, the wait
+	// for the first byte of a 2xx body (a long generation is not cut), and
+	// the whole exchange for an error status, its body included. An
+	// attempt that times out before the answer was handed over is
+	// retried; when the last one times out, the call's error matches
+	// context.DeadlineExceeded, as net/http's Client.Timeout errors do. 0
+	// means no bound but the caller's context, which always bounds the
+	// whole call, retries included.
 	AttemptTimeout time.Duration
 	// HTTPClient supplies the base transport (its Transport, or
 	// http.DefaultTransport when nil), redirect policy, cookie jar and

@@ -57,13 +57,24 @@ func DefaultBackoff() backoff.BackOff {
 //   - err != nil: retried (connection refused or reset, EOF before a
 //     response, an attempt that hit Config.AttemptTimeout), except TLS
 //     certificate and handshake errors, which no retry can fix.
-//   - x-should-retry: true or false in the response overrides its status.
+//   - a status below 400 (a 2xx answer, whatever its headers say, or a
+//     redirect): not retried. An answer received is not thrown away.
+//   - x-should-retry: true or false in an error response (status 400 and
+//     above) overrides its status, as the official Python and Node SDKs
+//     read it. (openai-go also reads it on a 2xx; we do not.)
 //   - 408 Request Timeout, 409 Conflict, 429 Too Many Requests and every 5xx
 //     except 501 Not Implemented: retried.
 //   - anything else, notably 400, 401, 403, 404 and 422: not retried.
+//
+// A 2xx stream cut or stalled before its first byte, or a 2xx JSON answer
+// before its end, comes here as an error, not as a response: see
+// Config.AttemptTimeout.
 func DefaultShouldRetry(resp *http.Response, err error) bool {
 	if err != nil {
 		return !isTLSError(err)
+	}
+	if resp.StatusCode < 400 {
+		return false
 	}
 	switch strings.ToLower(resp.Header.Get("X-Should-Retry")) {
 	case "true":
@@ -131,8 +142,9 @@ func saturate(ns float64) time.Duration {
 }
 
 // RetryError is the error of a call whose last attempt failed without a
-// response (connection refused or reset, an attempt timeout, ...) and that
-// will not be tried again: the retries ran out, the backoff policy stopped,
+// response (connection refused or reset, an attempt timeout, a 2xx stream
+// that ended before its first byte, a 2xx JSON body cut or stalled before
+// its end, ...) and that will not be tried again: the retries ran out, the backoff policy stopped,
 // or the next wait would have passed a deadline. It wraps the last
 // attempt's error, so errors.Is(err, syscall.ECONNREFUSED) still works.
 // A call whose last attempt got a response ends with go-openai's error for

@@ -36,6 +36,17 @@ func TestDefaultShouldRetryHeaderOverrides(t *testing.T) {
 	assert.True(t, DefaultShouldRetry(resp(503, "maybe"), nil), "an unknown value leaves the status to decide")
 }
 
+// TestDefaultShouldRetryKeepsAnswers: x-should-retry is read on error
+// statuses only, as the Python and Node SDKs do; an answer is never
+// thrown away.
+func TestDefaultShouldRetryKeepsAnswers(t *testing.T) {
+	for _, code := range []int{100, 200, 201, 202, 204, 206, 299, 301, 302, 304, 307, 308} {
+		h := http.Header{}
+		h.Set("x-should-retry", "true")
+		assert.False(t, DefaultShouldRetry(&http.Response{StatusCode: code, Header: h}, nil), "status %d", code)
+	}
+}
+
 func TestDefaultShouldRetryErrors(t *testing.T) {
 	assert.True(t, DefaultShouldRetry(nil, syscall.ECONNREFUSED))
 	assert.True(t, DefaultShouldRetry(nil, fmt.Errorf("read: %w", syscall.ECONNRESET)))

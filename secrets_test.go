@@ -190,7 +190,7 @@ func TestSecretsNeverLeak(t *testing.T) {
 		{"200 error echoing the key", []llmtest.Fault{llmtest.Status(200).WithBody(echo)}, false, isAPIError(200)},
 		{"200 error echoing the key, stream", []llmtest.Fault{llmtest.Status(200).WithBody(echo)}, true, isAPIError(200)},
 		{"truncated stream", []llmtest.Fault{llmtest.Truncate(1)}, true, isUnexpectedEOF},
-		{"truncated answer", []llmtest.Fault{llmtest.Truncate(0)}, false, isUnexpectedEOF},
+		{"truncated answer", repeat(llmtest.Truncate(0), 4), false, isUnexpectedEOF},
 		{"HTML 502", repeat(llmtest.Status(502).WithBody(proxyPage), 4), false, isRequestError(502)},
 		{"401 echoing the key escaped", []llmtest.Fault{llmtest.Status(401).WithBody(escapedEcho)}, false, isAPIError(401)},
 		{"401 echoing the key escaped, stream", []llmtest.Fault{llmtest.Status(401).WithBody(escapedEcho)}, true, isAPIError(401)},

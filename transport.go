@@ -51,7 +51,8 @@ const maxSniff = 512
 // a Client. Per call it: registers with the Tracker (refusing with
 // ErrDraining once a drain began), waits for a concurrency slot, runs the
 // attempts with retries, backoff and failover, and keeps the call in flight
-// until the response body is closed or read to its end.
+// until the response body is closed or read to its end ([DONE] for a chat
+// stream).
 type transport struct {
 	base           http.RoundTripper
 	tracker        *Tracker
@@ -111,9 +112,12 @@ func (t *transport) RoundTrip(req *http.Request) (*http.Response, error) {
 			tb.release()
 		}
 	}()
-	// go-openai asks for an event stream on its streaming endpoints.
-	stream := strings.Contains(req.Header.Get("Accept"), "text/event-stream")
-	resp, finish, err := t.attempts(ctx, req, stream)
+	// go-openai asks for an event stream on its streaming endpoints, and
+	// for JSON where it decodes the body whole.
+	accept := req.Header.Get("Accept")
+	stream := strings.Contains(accept, "text/event-stream")
+	jsonCall := !stream && strings.Contains(accept, "application/json")
+	resp, finish, err := t.attempts(ctx, req, stream, jsonCall)
 	if err != nil {
 		return nil, err
 	}
@@ -124,7 +128,14 @@ func (t *transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	switch {
 	case resp.StatusCode < 200 || resp.StatusCode >= 400: // go-openai's failure statuses
 		body = &errorBody{rc: body, key: t.key}
-	case ok && t.apiError != nil && !isSSE(resp) && (stream || strings.Contains(req.Header.Get("Accept"), "application/json")):
+	case stream && resp.StatusCode/100 == 3:
+		// A redirect that reached here is one the http.Client may still
+		// follow, draining and closing this body, or one it will hand
+		// over (no Location, or CheckRedirect said
+		// http.ErrUseLastResponse). go-openai would read the latter as a
+		// stream, its page as no events, and end with a clean io.EOF.
+		body = &notStreamBody{rc: body, status: resp.Status}
+	case ok && t.apiError != nil && !isSSE(resp) && (stream || jsonCall):
 		tb.env = envelopeBody{rc: body, resp: resp, key: t.key, apiError: t.apiError}
 		body = &tb.env
 	}
@@ -172,7 +183,14 @@ const maxLabels = 64
 // attempts runs the request until it succeeds, fails for good, or may not
 // wait any longer. On success it returns the response and a func that ends
 // the attempt's resources once the body is done.
-func (t *transport) attempts(ctx context.Context, req *http.Request, stream bool) (*http.Response, func(), error) {
+//
+// A 2xx answer is not a success until its body has begun: for a stream,
+// until its first byte; for a JSON call (go-openai reads those whole
+// anyway), until the whole body, up to maxWholeBody bytes, has been read.
+// Both within the attempt, so AttemptTimeout bounds them, and an error,
+// an end or a timeout before then fails the attempt like a connection
+// error would.
+func (t *transport) attempts(ctx context.Context, req *http.Request, stream, jsonCall bool) (*http.Response, func(), error) {
 	body, getBody, err := rewindable(req)
 	if err != nil {
 		return nil, nil, err
@@ -188,10 +206,22 @@ func (t *transport) attempts(ctx context.Context, req *http.Request, stream bool
 		actx, end, timer := t.attemptContext(ctx)
 		countAttempt(ctx)
 		resp, err := t.base.RoundTrip(t.prepare(actx, req, ep, body))
-		if stream && timer != nil {
-			// The attempt timeout bounds a stream up to its headers only:
-			// a long generation must not be cut by it.
-			timer.Stop()
+		where := "" // the part of the exchange that failed, for a timeout
+		if err == nil && resp.StatusCode/100 == 2 && (stream || jsonCall) {
+			if stream {
+				err, where = peekFirstByte(resp), " before the stream's first byte"
+			} else {
+				err, where = readWhole(resp), " reading the response body"
+			}
+			if err != nil {
+				resp.Body.Close()
+				resp = nil
+			} else if stream && timer != nil {
+				// The attempt timeout bounds a successful stream up to its
+				// first byte only: a long generation must not be cut by
+				// it. A failed stream's error body stays bounded.
+				timer.Stop()
+			}
 		}
 		if ctx.Err() != nil {
 			// The caller gave up or the drain forced: never retried.
@@ -200,8 +230,8 @@ func (t *transport) attempts(ctx context.Context, req *http.Request, stream bool
 			return nil, nil, callError(ctx, err)
 		}
 		if err != nil && context.Cause(actx) == errAttemptTimeout {
-			if err == errAttemptTimeout { // net/http returns the cause as it is
-				err = fmt.Errorf("%w after %v", errAttemptTimeout, t.attemptTimeout)
+			if errors.Is(err, errAttemptTimeout) { // net/http returns the cause as it is
+				err = fmt.Errorf("%w after %v%s", errAttemptTimeout, t.attemptTimeout, where)
 			} else {
 				err = fmt.Errorf("%w after %v: %w", errAttemptTimeout, t.attemptTimeout, err)
 			}
@@ -449,6 +479,127 @@ func discard(resp *http.Response) {
 	}
 }
 
+// maxWholeBody bounds how much of a successful JSON response is read
+// within its attempt: far above any chat completion, so that such a body
+// that stalls or is cut is retried. A larger body (a big batch of
+// embeddings) is handed over once this much has arrived, the rest read as
+// it comes.
+const maxWholeBody = 8 << 20
+
+// peekSize bounds the start of a stream read to see its first byte: what
+// the first read returns, up to this.
+const peekSize = 512
+
+// maxEmptyReads bounds the reads returning neither bytes nor an error, as
+// bufio does, so a broken reader cannot spin the attempt.
+const maxEmptyReads = 100
+
+// errNoFirstByte is the error of a 2xx stream whose body ended before its
+// first byte: no answer was received, so the attempt failed.
+var errNoFirstByte = errors.New("llmdrain: stream ended before its first byte")
+
+// peekFirstByte waits for a stream's first bytes, so that a stream cut or
+// stalled before any arrived is a failed attempt, and keeps them in front
+// of the rest of resp.Body.
+func peekFirstByte(resp *http.Response) error {
+	head := make([]byte, peekSize)
+	for range maxEmptyReads {
+		n, err := resp.Body.Read(head)
+		if n > 0 {
+			resp.Body = &bufferedBody{b: head[:n], rc: resp.Body, tailErr: err}
+			return nil
+		}
+		if err == io.EOF {
+			return fmt.Errorf("%w: %w", errNoFirstByte, io.ErrUnexpectedEOF)
+		}
+		if err != nil {
+			return fmt.Errorf("%w: %w", errNoFirstByte, err)
+		}
+	}
+	return fmt.Errorf("%w: %w", errNoFirstByte, io.ErrNoProgress)
+}
+
+// readWhole reads a successful JSON body into memory, up to maxWholeBody
+// bytes, so that a body cut or stalled is a failed attempt; past the bound
+// the rest is read from resp.Body as it comes. Content-Length only sizes
+// the buffer: the body is read to its end, as go-openai would, whatever a
+// base transport put there.
+func readWhole(resp *http.Response) error {
+	size := 512
+	if n := resp.ContentLength; n >= 0 && n < maxWholeBody {
+		size = int(n) + 1 // room to see the end without growing
+	}
+	b := make([]byte, 0, size)
+	var err error
+	for len(b) < maxWholeBody {
+		if len(b) == cap(b) {
+			b = slices.Grow(b, min(len(b), maxWholeBody-len(b)))
+		}
+		var k int
+		k, err = resp.Body.Read(b[len(b):min(cap(b), maxWholeBody)])
+		b = b[:len(b)+k]
+		if err != nil {
+			break
+		}
+	}
+	bb := &bufferedBody{b: b, rc: resp.Body}
+	switch err {
+	case nil: // the bound: the rest comes from rc
+	case io.EOF:
+		bb.tailErr = io.EOF
+	default:
+		return fmt.Errorf("llmdrain: reading response body: %w", err)
+	}
+	resp.Body = bb
+	return nil
+}
+
+// bufferedBody is a body whose start b was read ahead: b, then tailErr if
+// not nil, else the rest of rc.
+type bufferedBody struct {
+	b       []byte
+	rc      io.ReadCloser
+	tailErr error
+}
+
+func (b *bufferedBody) Read(p []byte) (int, error) {
+	if len(b.b) > 0 {
+		n := copy(p, b.b)
+		b.b = b.b[n:]
+		if len(b.b) == 0 && b.tailErr != nil {
+			return n, b.tailErr // an end seen at once releases the call at once
+		}
+		return n, nil
+	}
+	if b.tailErr != nil {
+		return 0, b.tailErr
+	}
+	return b.rc.Read(p)
+}
+
+func (b *bufferedBody) Close() error { return b.rc.Close() }
+
+// ErrNotAStream is the error, matched with errors.Is, that reading a chat
+// or completion stream returns when its request was answered with a 3xx
+// redirect that was not followed: a Location-less redirect, or any one
+// when the HTTP client's CheckRedirect returned http.ErrUseLastResponse.
+// go-openai takes every status below 400 for a success; without this the
+// redirect's page would read as an empty, complete stream.
+var ErrNotAStream = errors.New("llmdrain: stream request answered without a stream")
+
+// notStreamBody is the body of a stream request answered with a 3xx: its
+// first Read fails with ErrNotAStream.
+type notStreamBody struct {
+	rc     io.ReadCloser
+	status string
+}
+
+func (b *notStreamBody) Read([]byte) (int, error) {
+	return 0, fmt.Errorf("%w: %s", ErrNotAStream, b.status)
+}
+
+func (b *notStreamBody) Close() error { return b.rc.Close() }
+
 // sleep waits d unless ctx ends first.
 func sleep(ctx context.Context, d time.Duration) error {
 	if d <= 0 {
@@ -475,7 +626,9 @@ func endsWithDone(path string) bool {
 }
 
 // trackedBody keeps its call in flight until it is closed or read to its
-// end, and turns a stream that ends without [DONE] into io.ErrUnexpectedEOF.
+// end (for a chat or completion stream, to its [DONE] event, after which it
+// reads as ended), and turns a stream that ends without [DONE] into
+// io.ErrUnexpectedEOF.
 type trackedBody struct {
 	rc     io.ReadCloser
 	ctx    context.Context
@@ -492,9 +645,20 @@ type trackedBody struct {
 }
 
 func (b *trackedBody) Read(p []byte) (int, error) {
+	if b.sse != nil && b.sse.done {
+		// Released at [DONE]: the rest is not the answer's, and the
+		// call's context, which the connection hangs on, has ended.
+		return 0, io.EOF
+	}
 	n, err := b.rc.Read(p)
 	if b.sse != nil {
 		b.sse.Write(p[:n])
+		if b.sse.done && err == nil {
+			// The answer is complete: a server that keeps the connection
+			// open after it must not hold the call, its slot or a drain.
+			b.release()
+			return n, nil
+		}
 	}
 	switch {
 	case err == nil:
