@@ -664,7 +664,7 @@ func untilIdle(tr *Tracker, limit time.Duration) time.Duration {
 // phase is either named or refused with ErrDraining.
 func TestChaosForcedDrainVerdict(t *testing.T) {
 	const workers = 16
-	minRounds, minTime := 2000, 3*time.Second
+	minRounds, minTime := 1000, 3*time.Second
 	if testing.Short() {
 		minRounds, minTime = 500, time.Second
 	}
