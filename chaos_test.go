@@ -21,6 +21,7 @@ import (
 
 	"github.com/cenkalti/backoff/v4"
 	openai "github.com/sashabaranov/go-openai"
+	"github.com/stretchr/testify/assert"
 	"go.uber.org/goleak"
 
 	"github.com/llmdrain/llmdrain/llmtest"
@@ -163,6 +164,7 @@ type soakTally struct {
 	problems []string
 	calls    int
 	drains   map[string]int
+	under    int // drains that cancelled calls they did not name
 }
 
 func (s *soakTally) add(kind, outcome string) {
@@ -181,6 +183,14 @@ func (s *soakTally) problem(format string, args ...any) {
 	if len(s.problems) < 50 {
 		s.problems = append(s.problems, fmt.Sprintf(format, args...))
 	}
+}
+
+// underReported counts a drain whose verdict did not name every call it
+// cancelled.
+func (s *soakTally) underReported() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.under++
 }
 
 func (s *soakTally) drained(outcome string) {
@@ -223,6 +233,7 @@ func (s *soakTally) String() string {
 	}
 	sort.Strings(ds)
 	fmt.Fprintf(&b, "drains: %s\n", strings.Join(ds, ", "))
+	fmt.Fprintf(&b, "drains under-reported (calls cancelled but not named): %d\n", s.under)
 	return b.String()
 }
 
@@ -242,7 +253,9 @@ func (s *soakTally) String() string {
 //   - a call started once the drain had begun is refused with ErrDraining.
 //
 // After every round: the drain returned nil or a *ForcedDrainError with
-// every straggler finished, and the tracker is back to zero. At the end no
+// every straggler finished, no call ended with ErrForcedShutdown without
+// being named in it (the count of such under-reported drains is logged and
+// must be 0), and the tracker is back to zero. At the end no
 // goroutine is left.
 func runSoak(t *testing.T, plan soakPlan) {
 	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
@@ -438,10 +451,17 @@ func soakRound(t *testing.T, rng *rand.Rand, round int, plan soakPlan, primary, 
 	case derr == nil:
 		tally.drained("clean")
 		if n := forcedCalls.Load(); n != 0 {
+			tally.underReported()
 			t.Errorf("round %d: the drain was clean but %d calls ended with ErrForcedShutdown", round, n)
 		}
 	case errors.As(derr, &fe):
 		tally.drained("forced")
+		// A straggler may yet end otherwise (its answer was complete, say),
+		// but no call may end cancelled without being named.
+		if n := forcedCalls.Load(); n > int64(len(fe.Stragglers)) {
+			tally.underReported()
+			t.Errorf("round %d: %d calls ended with ErrForcedShutdown but the drain names %d: %v", round, n, len(fe.Stragglers), derr)
+		}
 		if !errors.Is(derr, context.DeadlineExceeded) {
 			t.Errorf("round %d: forced drain does not match its context's cause: %v", round, derr)
 		}
@@ -632,4 +652,89 @@ func untilIdle(tr *Tracker, limit time.Duration) time.Duration {
 		time.Sleep(time.Millisecond)
 	}
 	return time.Since(start)
+}
+
+// TestChaosForcedDrainVerdict races sixteen goroutines doing Begin and done
+// against a Drain whose context has already ended, round after round, and
+// checks the verdict against what the callers saw: every call cancelled
+// with ErrForcedShutdown must be named in the *ForcedDrainError (a nil
+// verdict with a call cancelled, or fewer stragglers than calls cancelled,
+// is an under-reported drain), and no call may be named that was not
+// cancelled (over-reported). A call whose Begin raced with the forced
+// phase is either named or refused with ErrDraining.
+func TestChaosForcedDrainVerdict(t *testing.T) {
+	const workers = 16
+	minRounds, minTime := 1000, 3*time.Second
+	if testing.Short() {
+		minRounds, minTime = 500, time.Second
+	}
+	var rounds, forcedRounds, under, over, cancelledTotal int
+	start := time.Now()
+	for rounds < minRounds || time.Since(start) < minTime {
+		rounds++
+		tr := NewTracker()
+		var (
+			wg        sync.WaitGroup
+			begun     atomic.Int64
+			cancelled atomic.Int64
+		)
+		for range workers {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for {
+					ctx, done, err := tr.Begin(context.Background())
+					if err != nil {
+						if !errors.Is(err, ErrDraining) {
+							panic(err)
+						}
+						return
+					}
+					begun.Add(1)
+					done()
+					// done cancels with context.Canceled, unless the forced
+					// phase cancelled the call first: then the cause stays.
+					if context.Cause(ctx) == ErrForcedShutdown {
+						cancelled.Add(1)
+					}
+				}
+			}()
+		}
+		for begun.Load() < workers {
+			runtime.Gosched()
+		}
+		expired, cancel := context.WithCancel(context.Background())
+		cancel()
+		err := tr.Drain(expired)
+		wg.Wait()
+
+		named := 0
+		var fe *ForcedDrainError
+		switch {
+		case err == nil:
+		case errors.As(err, &fe):
+			forcedRounds++
+			named = len(fe.Stragglers)
+			if fe.Unfinished != 0 {
+				t.Logf("round %d: %d calls unfinished after the grace (loaded machine?)", rounds, fe.Unfinished)
+			}
+		default:
+			t.Fatalf("round %d: Drain: unexpected error %v", rounds, err)
+		}
+		n := int(cancelled.Load())
+		cancelledTotal += n
+		if n > named {
+			under++
+		}
+		if named > n {
+			over++
+		}
+		if tr.InFlight() != 0 {
+			t.Fatalf("round %d: %d calls in flight after the drain", rounds, tr.InFlight())
+		}
+	}
+	t.Logf("%d rounds in %v at GOMAXPROCS=%d: %d forced, %d calls cancelled; %d drains under-reported, %d over-reported",
+		rounds, time.Since(start).Round(time.Millisecond), runtime.GOMAXPROCS(0), forcedRounds, cancelledTotal, under, over)
+	assert.Zero(t, under, "drains that cancelled calls they did not name")
+	assert.Zero(t, over, "drains that named calls they did not cancel")
 }

@@ -221,6 +221,9 @@ func runChild(mode string) int {
 	if mode == "batch" {
 		return runBatchChild()
 	}
+	if mode == "stubborn" {
+		return runStubbornChild()
+	}
 	logger := slog.New(slog.NewTextHandler(os.Stderr, nil))
 	c, err := New(Config{APIKey: fakeKey, BaseURL: os.Getenv("LLMDRAIN_TEST_URL"), Logger: logger})
 	if err != nil {
@@ -256,6 +259,20 @@ func runChild(mode string) int {
 		fmt.Println("SHUTDOWN:", err)
 		return 3
 	}
+	return 0
+}
+
+// runStubbornChild runs a Shutdown whose drain ignores its context, under
+// a one-minute timeout: a second signal must make Run return within
+// ShutdownGrace, and a third, after Run, must kill the process.
+func runStubbornChild() int {
+	logger := slog.New(slog.NewTextHandler(os.Stderr, nil))
+	sd := &Shutdown{Timeout: time.Minute, Logger: logger}
+	sd.Register("stubborn", func(context.Context) error { select {} })
+	err := sd.Run(context.Background())
+	fmt.Println("SHUTDOWN:", err)
+	logger.Info("run returned", "forced", errors.Is(err, ErrForcedShutdown))
+	time.Sleep(time.Minute) // until a signal kills the process
 	return 0
 }
 
@@ -381,4 +398,203 @@ func TestSecondSIGTERMForcesExit(t *testing.T) {
 	assert.Less(t, time.Since(start), 10*time.Second, "forced well before the one-minute timeout")
 	assert.Contains(t, out, "ERROR: forced=true")
 	assert.NotContains(t, out, "FAKE")
+}
+
+// runBounded runs sd.Run in a goroutine and waits for it at most within;
+// a panic out of Run is returned as a failure too. unblock is called, if
+// Run has not returned in time, to let it return before the test ends.
+func runBounded(t *testing.T, sd *Shutdown, within time.Duration, unblock func()) (time.Duration, error) {
+	t.Helper()
+	type result struct {
+		err   error
+		panic any
+	}
+	done := make(chan result, 1)
+	start := time.Now()
+	go func() {
+		defer func() {
+			if p := recover(); p != nil {
+				done <- result{panic: p}
+			}
+		}()
+		done <- result{err: sd.Run(context.Background())}
+	}()
+	select {
+	case r := <-done:
+		if r.panic != nil {
+			t.Fatalf("Run panicked: %v", r.panic)
+		}
+		return time.Since(start), r.err
+	case <-time.After(within):
+		unblock()
+		<-done
+		t.Fatalf("Run still running %v after the trigger (Timeout %v, ShutdownGrace %v)", within, sd.Timeout, ShutdownGrace)
+		return 0, nil
+	}
+}
+
+// TestShutdownForcesRemainingDrainsTogether registers three drains that
+// each hold a call which ignores its cancellation. The first uses the whole
+// timeout; at the timeout the other two must be forced with it, not each
+// spend its own forced-phase grace in turn (that took 3.1 s for a 100 ms
+// timeout).
+func TestShutdownForcesRemainingDrainsTogether(t *testing.T) {
+	sd := &Shutdown{Timeout: 100 * time.Millisecond}
+	var dones []func()
+	for _, name := range []string{"a", "b", "c"} {
+		tr := NewTracker()
+		_, done, err := tr.Begin(context.Background())
+		require.NoError(t, err)
+		dones = append(dones, done)
+		sd.Register(name, tr.Drain)
+	}
+	defer func() {
+		for _, done := range dones {
+			done()
+		}
+	}()
+	sd.Trigger()
+	took, err := runBounded(t, sd, 10*time.Second, func() {})
+	bound := sd.Timeout + ShutdownGrace + time.Second // a second of slack for a loaded machine
+	assert.Less(t, took, bound, "Run must return within Timeout + ShutdownGrace")
+	t.Logf("Run took %v (Timeout %v, ShutdownGrace %v)", took, sd.Timeout, ShutdownGrace)
+	require.Error(t, err)
+	assert.ErrorIs(t, err, context.DeadlineExceeded)
+	for _, name := range []string{"a", "b", "c"} {
+		assert.Contains(t, err.Error(), fmt.Sprintf("drain %q", name))
+	}
+}
+
+// TestShutdownAbandonsDrainIgnoringContext registers a drain that ignores
+// its context. Run must still return, ShutdownGrace after the timeout,
+// naming the drain that would not stop, and run the drains after it.
+func TestShutdownAbandonsDrainIgnoringContext(t *testing.T) {
+	sd := &Shutdown{Timeout: 50 * time.Millisecond}
+	release := make(chan struct{})
+	var once sync.Once
+	unblock := func() { once.Do(func() { close(release) }) }
+	defer unblock()
+	returned := make(chan struct{})
+	sd.Register("stubborn", func(context.Context) error {
+		defer close(returned)
+		<-release
+		return nil
+	})
+	var afterCtxErr error
+	sd.Register("after", func(ctx context.Context) error { afterCtxErr = ctx.Err(); return nil })
+	sd.Trigger()
+	took, err := runBounded(t, sd, 10*time.Second, unblock)
+	assert.Less(t, took, sd.Timeout+ShutdownGrace+time.Second)
+	assert.GreaterOrEqual(t, took, sd.Timeout+ShutdownGrace, "the stubborn drain gets the whole grace")
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), `drain "stubborn" did not return within`)
+	assert.ErrorIs(t, err, context.DeadlineExceeded)
+	assert.NotContains(t, err.Error(), `drain "after"`)
+	assert.ErrorIs(t, afterCtxErr, context.DeadlineExceeded, "the drain after it ran, forced")
+	unblock()
+	<-returned // the abandoned drain's goroutine ends once it returns
+}
+
+// TestShutdownRecoversPanickingDrain: a drain that panics is reported as
+// that drain's error, with the panic value, and the drains after it run.
+func TestShutdownRecoversPanickingDrain(t *testing.T) {
+	sd := &Shutdown{Timeout: 10 * time.Second}
+	errBoom := errors.New("boom error")
+	var ran []string
+	sd.Register("server", func(context.Context) error { ran = append(ran, "server"); panic("boom") })
+	sd.Register("worker", func(context.Context) error { ran = append(ran, "worker"); panic(errBoom) })
+	sd.Register("llm", func(context.Context) error { ran = append(ran, "llm"); return nil })
+	sd.Trigger()
+	_, err := runBounded(t, sd, 10*time.Second, func() {})
+	assert.Equal(t, []string{"server", "worker", "llm"}, ran, "every drain runs, in order")
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), `drain "server": panicked: boom`)
+	assert.Contains(t, err.Error(), `drain "worker": panicked: boom error`)
+	assert.ErrorIs(t, err, errBoom)
+	assert.NotContains(t, err.Error(), `"llm"`)
+}
+
+// TestShutdownLateRegister: a drain registered while Run drains is run
+// (after the others, or at once and forced past the timeout); one
+// registered after Run has returned is run at once, in Register, forced.
+func TestShutdownLateRegister(t *testing.T) {
+	t.Run("during", func(t *testing.T) {
+		sd := &Shutdown{Timeout: 10 * time.Second}
+		var ran []string
+		sd.Register("first", func(context.Context) error {
+			ran = append(ran, "first")
+			sd.Register("late", func(ctx context.Context) error {
+				ran = append(ran, "late")
+				return ctx.Err()
+			})
+			return nil
+		})
+		sd.Register("second", func(context.Context) error { ran = append(ran, "second"); return nil })
+		sd.Trigger()
+		_, err := runBounded(t, sd, 10*time.Second, func() {})
+		require.NoError(t, err)
+		assert.Equal(t, []string{"first", "second", "late"}, ran)
+	})
+	t.Run("forced", func(t *testing.T) {
+		sd := &Shutdown{Timeout: 20 * time.Millisecond}
+		lateRan := make(chan error, 1)
+		sd.Register("first", func(ctx context.Context) error {
+			<-ctx.Done()
+			sd.Register("late", func(ctx context.Context) error {
+				lateRan <- ctx.Err()
+				return nil
+			})
+			// Still running: the late drain must not wait for this one.
+			select {
+			case err := <-lateRan:
+				lateRan <- err
+				return nil
+			case <-time.After(10 * time.Second):
+				return errors.New("the late drain did not start while this one ran")
+			}
+		})
+		sd.Trigger()
+		_, err := runBounded(t, sd, 15*time.Second, func() {})
+		assert.NoError(t, err)
+		select {
+		case err := <-lateRan:
+			assert.ErrorIs(t, err, context.DeadlineExceeded, "run forced")
+		default:
+			t.Error("the late drain never ran")
+		}
+	})
+	t.Run("after", func(t *testing.T) {
+		sd := &Shutdown{}
+		sd.Trigger()
+		_, err := runBounded(t, sd, 10*time.Second, func() {})
+		require.NoError(t, err)
+		var cause error
+		sd.Register("after", func(ctx context.Context) error { cause = context.Cause(ctx); return nil })
+		assert.ErrorIs(t, cause, ErrForcedShutdown, "run at once, in Register, forced")
+	})
+}
+
+// TestSecondSIGTERMAbandonsStubbornDrain sends two SIGTERMs to a child
+// whose drain ignores its context: Run must return ShutdownGrace after the
+// second, naming the drain, and give the signals back their default
+// action, so that a third SIGTERM kills the process.
+func TestSecondSIGTERMAbandonsStubbornDrain(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a child process")
+	}
+	ch := startChild(t, "stubborn", "")
+	ch.waitLine(t, "waiting for a signal")
+	require.NoError(t, ch.cmd.Process.Signal(syscall.SIGTERM))
+	ch.waitLine(t, "shutdown: signal received")
+	require.NoError(t, ch.cmd.Process.Signal(syscall.SIGTERM))
+	start := time.Now()
+	ch.waitLine(t, `msg="run returned" forced=true`)
+	assert.Less(t, time.Since(start), ShutdownGrace+2*time.Second, "Run returns ShutdownGrace after the second signal")
+
+	require.NoError(t, ch.cmd.Process.Signal(syscall.SIGTERM))
+	ch.wait(t, 20*time.Second)
+	ws, ok := ch.cmd.ProcessState.Sys().(syscall.WaitStatus)
+	require.True(t, ok)
+	assert.True(t, ws.Signaled() && ws.Signal() == syscall.SIGTERM, "a third SIGTERM has its default action; exit status %v", ch.cmd.ProcessState)
+	assert.Contains(t, ch.stdout.String(), `drain "stubborn" did not return within`)
 }

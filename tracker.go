@@ -62,10 +62,23 @@ type Tracker struct {
 	forced    chan struct{} // closed once a forced drain has its verdict
 	forcing   bool
 	forcedErr error
-	_         [cacheLine]byte
+
+	// hook, nil outside tests, is called at the points where a Begin and
+	// a forced drain can interleave, so that a test can hold one there.
+	hook func(hookPoint)
+	_    [cacheLine]byte
 
 	shards [numShards]shard
 }
+
+// hookPoint names a point at which Tracker.hook is called.
+type hookPoint int
+
+const (
+	hookAdmitted   hookPoint = iota // Begin passed the draining check, slot not yet registered
+	hookRegistered                  // Begin registered its slot, forceFlag not yet checked
+	hookScanned                     // the forced phase cancelled and reported what it found
+)
 
 // shard holds a share of the calls in flight, and counts them. The calls
 // are kept in reusable slots, so that registering one allocates nothing
@@ -89,6 +102,7 @@ type slot struct {
 	label    string
 	started  time.Duration // since epoch, on the monotonic clock
 	nextFree int32         // while free: like shard.free, the next free slot
+	reported bool          // cancelled and named by a forced drain
 }
 
 // NewTracker returns a new, empty Tracker. It is equivalent to new(Tracker).
@@ -102,7 +116,10 @@ func NewTracker() *Tracker { return new(Tracker) }
 // resources, so the context must not be used after done.
 //
 // After a drain has begun, Begin registers nothing and returns ctx, a no-op
-// done and ErrDraining.
+// done and ErrDraining. A Begin that races with the start of a drain is
+// either admitted, and then waited for (or, if the drain is forced, cancelled
+// and named in its *ForcedDrainError), or refused with ErrDraining: never
+// cancelled without being named.
 func (t *Tracker) Begin(ctx context.Context) (context.Context, func(), error) {
 	return t.begin(ctx, "")
 }
@@ -122,6 +139,9 @@ func (t *Tracker) begin(ctx context.Context, label string) (context.Context, fun
 		t.release(s)
 		return ctx, func() {}, ErrDraining
 	}
+	if t.hook != nil {
+		t.hook(hookAdmitted)
+	}
 	cctx, cancel := context.WithCancelCause(ctx)
 	// time.Now reads two clocks, which costs as much as the rest of Begin
 	// on some machines; the monotonic one is enough here, and cancelAll
@@ -140,12 +160,38 @@ func (t *Tracker) begin(ctx context.Context, label string) (context.Context, fun
 	sl.cancel, sl.id, sl.label, sl.started = cancel, s.seq*numShards+uint64(si), label, now
 	gen := sl.gen
 	s.mu.Unlock()
+	if t.hook != nil {
+		t.hook(hookRegistered)
+	}
 	// A forced phase that scanned this shard before the insert cannot have
 	// seen the call; it set forceFlag before scanning, so the call sees it.
-	if t.forceFlag.Load() {
-		cancel(ErrForcedShutdown)
+	// Whether it saw the call is settled under the shard lock: a call it
+	// reported is one of its stragglers, already cancelled; one it missed
+	// has sent nothing yet and is refused, so that the verdict names every
+	// call the drain cancelled, and only those.
+	if t.forceFlag.Load() && !t.keepForced(s, i, gen) {
+		cancel(ErrDraining)
+		t.release(s)
+		return ctx, func() {}, ErrDraining
 	}
 	return cctx, func() { t.finish(si, i, gen) }, nil
+}
+
+// keepForced settles, for a call that registered slot i of s (generation
+// gen) and then saw a forced drain, whether that drain reported the call.
+// If it did, the call stays registered, to be done by its caller; if not,
+// keepForced frees the slot and the caller refuses the call. The slot is
+// still the call's: only its done, not yet returned, could free it.
+func (t *Tracker) keepForced(s *shard, i int32, gen uint64) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	sl := &s.slots[i]
+	if sl.reported {
+		return true
+	}
+	sl.gen, sl.cancel, sl.label, sl.nextFree = gen+1, nil, "", s.free
+	s.free = i + 1
+	return false
 }
 
 // finish is the done of the call in slot i of shard si, generation gen.
@@ -159,7 +205,7 @@ func (t *Tracker) finish(si uint32, i int32, gen uint64) {
 	}
 	cancel := sl.cancel
 	// Field by field: assigning a whole slot costs a typed copy.
-	sl.gen, sl.cancel, sl.label, sl.nextFree = gen+1, nil, "", s.free
+	sl.gen, sl.cancel, sl.label, sl.nextFree, sl.reported = gen+1, nil, "", s.free, false
 	s.free = i + 1
 	s.mu.Unlock()
 	cancel(context.Canceled)
@@ -220,7 +266,9 @@ func (t *Tracker) drainDeadline() (time.Time, bool) {
 // ErrForcedShutdown, waits at most one second for them to call done, and
 // returns a *ForcedDrainError that wraps context.Cause(ctx) (so
 // errors.Is(err, context.DeadlineExceeded) works when ctx timed out) and
-// names the calls that were still in flight.
+// names exactly the calls it cancelled. A Begin racing with the forced
+// phase is either one of those or refused with ErrDraining, having sent
+// nothing; if no call was cancelled, Drain returns nil.
 //
 // Drain may be called concurrently and repeatedly; all calls agree: once any
 // Drain has forced cancellation, every Drain returns that same error;
@@ -290,6 +338,9 @@ func (t *Tracker) force(cause error, idle <-chan struct{}) {
 
 	t.forceFlag.Store(true)
 	stragglers := t.cancelAll()
+	if t.hook != nil {
+		t.hook(hookScanned)
+	}
 	timer := time.NewTimer(forceGrace)
 	select {
 	case <-idle:
@@ -298,10 +349,12 @@ func (t *Tracker) force(cause error, idle <-chan struct{}) {
 	timer.Stop()
 
 	// With no stragglers the deadline merely raced the last done: nothing
-	// was cancelled, so the verdict is a clean drain.
+	// was cancelled, so the verdict is a clean drain. Only stragglers count
+	// as unfinished: InFlight would also count, for a moment, a Begin on
+	// its way to being refused.
 	var err error
-	if unfinished := t.InFlight(); len(stragglers) > 0 || unfinished > 0 {
-		err = &ForcedDrainError{Cause: cause, Stragglers: stragglers, Unfinished: unfinished}
+	if len(stragglers) > 0 {
+		err = &ForcedDrainError{Cause: cause, Stragglers: stragglers, Unfinished: t.unfinished()}
 	}
 	t.mu.Lock()
 	t.forcedErr = err
@@ -309,7 +362,9 @@ func (t *Tracker) force(cause error, idle <-chan struct{}) {
 	t.mu.Unlock()
 }
 
-// cancelAll cancels every registered call and describes them, oldest first.
+// cancelAll cancels every registered call, marks it reported and describes
+// them, oldest first. The mark, under the shard lock, is what a Begin racing
+// with it consults to know whether it is named (see begin).
 func (t *Tracker) cancelAll() []CallInfo {
 	var infos []CallInfo
 	now, mono := time.Now(), time.Since(epoch)
@@ -318,6 +373,7 @@ func (t *Tracker) cancelAll() []CallInfo {
 		s.mu.Lock()
 		for j := range s.slots {
 			if sl := &s.slots[j]; sl.cancel != nil {
+				sl.reported = true
 				sl.cancel(ErrForcedShutdown)
 				infos = append(infos, CallInfo{ID: sl.id, Label: sl.label, Started: now.Add(sl.started - mono)})
 			}
@@ -331,6 +387,23 @@ func (t *Tracker) cancelAll() []CallInfo {
 		return infos[i].ID < infos[j].ID
 	})
 	return infos
+}
+
+// unfinished counts the calls reported by cancelAll that have not called
+// done yet.
+func (t *Tracker) unfinished() int {
+	n := 0
+	for i := range t.shards {
+		s := &t.shards[i]
+		s.mu.Lock()
+		for j := range s.slots {
+			if s.slots[j].reported {
+				n++
+			}
+		}
+		s.mu.Unlock()
+	}
+	return n
 }
 
 // CallInfo describes a call that was still in flight when a drain was forced.
@@ -357,8 +430,8 @@ type ForcedDrainError struct {
 	// Stragglers are the calls that were in flight at the deadline and were
 	// cancelled, oldest first.
 	Stragglers []CallInfo
-	// Unfinished is how many calls had still not called done when the
-	// grace after cancellation ended; normally 0.
+	// Unfinished is how many of the Stragglers had still not called done
+	// when the grace after cancellation ended; normally 0.
 	Unfinished int
 }
 

@@ -257,3 +257,135 @@ func waitFor(t *testing.T, cond func() bool) {
 		time.Sleep(time.Millisecond)
 	}
 }
+
+// hold makes the first goroutine to reach each of the given points of tr
+// stop there until release(point) is called; reached(point) is closed when
+// it gets there. Other goroutines, and other points, pass.
+type hold struct {
+	reachedCh, releaseCh map[hookPoint]chan struct{}
+	once                 map[hookPoint]*sync.Once
+}
+
+func holdAt(tr *Tracker, points ...hookPoint) *hold {
+	h := &hold{map[hookPoint]chan struct{}{}, map[hookPoint]chan struct{}{}, map[hookPoint]*sync.Once{}}
+	for _, p := range points {
+		h.reachedCh[p], h.releaseCh[p], h.once[p] = make(chan struct{}), make(chan struct{}), new(sync.Once)
+	}
+	tr.hook = func(p hookPoint) {
+		if once := h.once[p]; once != nil {
+			once.Do(func() {
+				close(h.reachedCh[p])
+				<-h.releaseCh[p]
+			})
+		}
+	}
+	return h
+}
+
+func (h *hold) reached(p hookPoint) <-chan struct{} { return h.reachedCh[p] }
+func (h *hold) release(p hookPoint)                 { close(h.releaseCh[p]) }
+
+type beginResult struct {
+	ctx  context.Context
+	done func()
+	err  error
+}
+
+// TestForcedDrainRefusesBeginItMissed holds a Begin after it counted itself
+// (before the drain began) but before it registered its slot, until a
+// forced drain has scanned the shards and found nothing. The Begin then
+// sees the forced phase: nothing was sent yet, so it must be refused with
+// ErrDraining, and the drain, which cancelled nothing, reports clean. (It
+// used to be cancelled with ErrForcedShutdown while Drain returned nil.)
+func TestForcedDrainRefusesBeginItMissed(t *testing.T) {
+	tr := NewTracker()
+	h := holdAt(tr, hookAdmitted, hookScanned)
+	begun := make(chan beginResult, 1)
+	go func() {
+		ctx, done, err := tr.Begin(context.Background())
+		begun <- beginResult{ctx, done, err}
+	}()
+	<-h.reached(hookAdmitted)
+
+	expired, cancel := context.WithCancel(context.Background())
+	cancel()
+	drained := make(chan error, 1)
+	go func() { drained <- tr.Drain(expired) }()
+	<-h.reached(hookScanned)
+	h.release(hookScanned) // the grace runs, waiting for the call
+	h.release(hookAdmitted)
+
+	r := <-begun
+	if r.err == nil {
+		// An admitted call, cancelled by a drain that did not see it.
+		assert.ErrorIs(t, context.Cause(r.ctx), ErrForcedShutdown)
+		r.done()
+		t.Fatalf("a Begin the forced drain did not see was admitted and cancelled; Drain returned %v", <-drained)
+	}
+	err := <-drained
+	assert.ErrorIs(t, r.err, ErrDraining)
+	assert.NoError(t, r.ctx.Err(), "a refused Begin returns the caller's context untouched")
+	r.done() // the no-op done
+	assert.NoError(t, err, "nothing was cancelled: the drain is clean")
+	assert.Zero(t, tr.InFlight())
+}
+
+// TestForcedDrainNamesBeginItSaw holds a Begin after it registered its slot
+// but before it checked for a forced phase, until a forced drain has
+// cancelled and reported the slot. The Begin must then be admitted with
+// its cancelled context (the drain names it), not refused: the verdict
+// must not name a call that was never admitted.
+func TestForcedDrainNamesBeginItSaw(t *testing.T) {
+	tr := NewTracker()
+	h := holdAt(tr, hookRegistered, hookScanned)
+	begun := make(chan beginResult, 1)
+	go func() {
+		ctx, done, err := tr.begin(context.Background(), "POST /v1/embeddings")
+		begun <- beginResult{ctx, done, err}
+	}()
+	<-h.reached(hookRegistered)
+
+	expired, cancel := context.WithCancel(context.Background())
+	cancel()
+	drained := make(chan error, 1)
+	go func() { drained <- tr.Drain(expired) }()
+	<-h.reached(hookScanned)
+	h.release(hookScanned)
+	h.release(hookRegistered)
+
+	r := <-begun
+	require.NoError(t, r.err, "the drain named this call: it must not be refused")
+	assert.ErrorIs(t, context.Cause(r.ctx), ErrForcedShutdown)
+	r.done()
+	var fe *ForcedDrainError
+	require.ErrorAs(t, <-drained, &fe)
+	require.Len(t, fe.Stragglers, 1)
+	assert.Equal(t, "POST /v1/embeddings", fe.Stragglers[0].Label)
+	assert.Zero(t, fe.Unfinished)
+	assert.Zero(t, tr.InFlight())
+}
+
+// TestForcedDrainUnfinishedCountsOnlyStragglers holds a Begin that counted
+// itself before the drain began, but had registered nothing, through a
+// forced drain's whole grace. Nothing was cancelled, so the drain is clean:
+// the Begin, refused when it goes on, is no unfinished straggler. (It used
+// to be reported as a forced drain with no straggler and 1 unfinished.)
+func TestForcedDrainUnfinishedCountsOnlyStragglers(t *testing.T) {
+	tr := NewTracker()
+	h := holdAt(tr, hookAdmitted)
+	begun := make(chan beginResult, 1)
+	go func() {
+		ctx, done, err := tr.Begin(context.Background())
+		begun <- beginResult{ctx, done, err}
+	}()
+	<-h.reached(hookAdmitted)
+
+	expired, cancel := context.WithCancel(context.Background())
+	cancel()
+	assert.NoError(t, tr.Drain(expired), "nothing was cancelled: the drain is clean")
+	h.release(hookAdmitted)
+	r := <-begun
+	assert.ErrorIs(t, r.err, ErrDraining)
+	r.done()
+	assert.Zero(t, tr.InFlight())
+}
