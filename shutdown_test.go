@@ -328,6 +328,10 @@ func (ch *child) waitLine(t *testing.T, s string) {
 				return
 			}
 		case <-timeout:
+			// The child writes stdout until it exits: end it first, so
+			// that reading what it wrote is no data race.
+			_ = ch.cmd.Process.Kill()
+			<-ch.exited
 			t.Fatalf("child never logged %q; stdout: %s", s, ch.stdout.String())
 		}
 	}
