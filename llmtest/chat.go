@@ -1,8 +1,10 @@
 package llmtest
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"strings"
 	"time"
@@ -102,6 +104,10 @@ func (s *Server) serveChat(w http.ResponseWriter, r *http.Request) {
 	} else if err := json.Unmarshal(body, &req); err != nil {
 		s.countFault()
 		f = errorFault(http.StatusBadRequest, "We could not parse the JSON body of your request: "+err.Error())
+	} else if len(req.Messages) == 0 {
+		// The real API's answer, word for word.
+		s.countFault()
+		f = paramFault(http.StatusBadRequest, "[] is too short - 'messages'", "messages")
 	} else {
 		f = s.nextFault(lastUserMessage(req), req.Stream)
 	}
@@ -113,7 +119,11 @@ func (s *Server) serveChat(w http.ResponseWriter, r *http.Request) {
 		abort(w, false)
 		return
 	}
-	if !s.wait(ctx, f.delay) {
+	var delay time.Duration // before the response; FirstTokenDelay's comes later
+	if f.kind == kindDelay {
+		delay = f.delay
+	}
+	if !s.wait(ctx, delay) {
 		done()
 		abort(w, false)
 		return
@@ -135,7 +145,7 @@ func (s *Server) serveChat(w http.ResponseWriter, r *http.Request) {
 		s.streamChat(w, r, call, f, includeUsage, done)
 		return
 	}
-	s.plainChat(w, call, f, done)
+	s.plainChat(w, r, call, f, done)
 }
 
 func (s *Server) newChatCall(req openai.ChatCompletionRequest) chatCall {
@@ -187,7 +197,7 @@ func messageText(m openai.ChatCompletionMessage) string {
 }
 
 // plainChat writes a non-streamed answer; done is serveChat's.
-func (s *Server) plainChat(w http.ResponseWriter, call chatCall, f Fault, done func()) {
+func (s *Server) plainChat(w http.ResponseWriter, r *http.Request, call chatCall, f Fault, done func()) {
 	body := mustJSON(chatResponse{
 		ID:      call.id,
 		Object:  "chat.completion",
@@ -199,9 +209,22 @@ func (s *Server) plainChat(w http.ResponseWriter, call chatCall, f Fault, done f
 		}},
 		Usage: call.usage,
 	})
-	if f.kind == kindTruncate {
+	switch f.kind {
+	case kindMalformed:
+		// A complete response, by its Content-Length, that is no JSON.
+		done()
+		writeBody(w, http.StatusOK, "application/json", body[:len(body)/2], f.header)
+		return
+	case kindFirstTokenDelay:
+		if !sleep(r.Context(), f.delay) {
+			done()
+			abort(w, false)
+			return
+		}
+	case kindTruncate, kindStall:
 		// Promise the whole body, deliver half: the client's read must fail
-		// with an unexpected EOF rather than see a short but valid response.
+		// with an unexpected EOF (or wait, for a stall) rather than see a
+		// short but valid response.
 		h := w.Header()
 		h.Set("Content-Type", "application/json")
 		h.Set("Content-Length", fmt.Sprint(len(body)))
@@ -209,6 +232,9 @@ func (s *Server) plainChat(w http.ResponseWriter, call chatCall, f Fault, done f
 		w.WriteHeader(http.StatusOK)
 		_, _ = w.Write(body[:len(body)/2])
 		_ = http.NewResponseController(w).Flush()
+		if f.kind == kindStall {
+			<-r.Context().Done()
+		}
 		done()
 		abort(w, false)
 		return
@@ -243,15 +269,22 @@ func (s *Server) streamChat(w http.ResponseWriter, r *http.Request, call chatCal
 			Choices: []chunkChoice{}, Usage: &call.usage,
 		}))
 	}
-	events = append(events, []byte("[DONE]"))
+	if f.kind != kindNoDone {
+		events = append(events, []byte("[DONE]"))
+	}
 
-	if f.kind == kindTruncate {
+	switch f.kind {
+	case kindTruncate, kindStall:
 		n := f.chunks
 		if n == truncateHalf {
 			n = len(words) / 2
 		}
 		events = events[:1+min(n, len(words))]
+	case kindMalformed:
+		// Content events are 1 to len(words); a reply has at least one.
+		events[min(max(f.chunks, 1), max(len(words), 1))] = []byte(`{"id":"` + call.id + `","object":"chat.completion.chunk","choices":[{"delta":{"content":`)
 	}
+	succeeds := f.succeeds()
 
 	h := w.Header()
 	h.Set("Content-Type", "text/event-stream")
@@ -261,13 +294,21 @@ func (s *Server) streamChat(w http.ResponseWriter, r *http.Request, call chatCal
 	rc := http.NewResponseController(w)
 	ctx := r.Context()
 	undo := func() {}
+	if f.kind == kindFirstTokenDelay {
+		// The headers go out at once; the first event only after the delay.
+		if rc.Flush() != nil || !sleep(ctx, f.delay) {
+			done()
+			abort(w, false)
+			return
+		}
+	}
 	for i, ev := range events {
 		if i > 0 && !sleep(ctx, s.chunkDelay) {
 			done()
 			abort(w, false)
 			return
 		}
-		if i == len(events)-1 && f.kind != kindTruncate {
+		if i == len(events)-1 && succeeds {
 			// Counted before [DONE] goes out so that a client that has
 			// read it can rely on Completed; see there.
 			undo = s.countSuccess(call.prompt)
@@ -284,9 +325,31 @@ func (s *Server) streamChat(w http.ResponseWriter, r *http.Request, call chatCal
 			return
 		}
 	}
-	if f.kind == kindTruncate {
+	switch f.kind {
+	case kindTruncate:
 		done()
 		abort(w, false)
+	case kindStall:
+		s.stall(ctx, w, f.keepAlive)
+		done()
+		abort(w, false)
+	case kindMalformed:
+		done()
+	}
+}
+
+// stall holds a stream open, silent but for a keep-alive comment every
+// keepAlive (none if 0), until ctx ends.
+func (s *Server) stall(ctx context.Context, w http.ResponseWriter, keepAlive time.Duration) {
+	if keepAlive <= 0 {
+		<-ctx.Done()
+		return
+	}
+	rc := http.NewResponseController(w)
+	for sleep(ctx, keepAlive) {
+		if _, err := io.WriteString(w, ": keep-alive\n\n"); err != nil || rc.Flush() != nil {
+			return
+		}
 	}
 }
 

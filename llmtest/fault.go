@@ -16,6 +16,10 @@ const (
 	kindReset
 	kindHang
 	kindTruncate
+	kindFirstTokenDelay
+	kindStall
+	kindMalformed
+	kindNoDone
 )
 
 // truncateHalf is the chunk count chaos uses: cut the stream after half of its
@@ -28,13 +32,15 @@ const truncateHalf = -1
 // WithHeader and WithBody. Fault is a value: refining returns a copy and
 // never changes the original. The zero Fault is OK().
 type Fault struct {
-	kind    faultKind
-	status  int
-	delay   time.Duration
-	chunks  int
-	header  http.Header
-	body    string
-	hasBody bool
+	kind      faultKind
+	status    int
+	delay     time.Duration // before the response (Delay), or its first event (FirstTokenDelay)
+	chunks    int           // content events before a Truncate or Stall; the event Malformed breaks
+	keepAlive time.Duration // comment lines during a Stall; 0: none
+	header    http.Header
+	body      string
+	hasBody   bool
+	code      string // the error's "code" (WithCode); empty: the status's usual one
 }
 
 // OK is a normal successful response. It exists to interleave successes with
@@ -85,6 +91,48 @@ func Truncate(afterChunks int) Fault {
 	return Fault{kind: kindTruncate, chunks: max(afterChunks, 0)}
 }
 
+// FirstTokenDelay sends a stream's headers at once and its first data event
+// only after d more (the whole answer then follows as usual): a provider
+// that accepts the request and then thinks. A plain request's answer is
+// delayed by d, headers included. It counts as a success.
+func FirstTokenDelay(d time.Duration) Fault {
+	return Fault{kind: kindFirstTokenDelay, delay: max(d, 0)}
+}
+
+// Stall starts a successful answer and goes silent for good: a stream gets
+// its role chunk and afterEvents content chunks (at most all of them), a
+// plain request its status, the full Content-Length and the first half of
+// its body. The connection then stays open, sending nothing (or only
+// keep-alive comments, see WithKeepAlive), until the client goes away or
+// the server is closed. Negative afterEvents counts as zero.
+func Stall(afterEvents int) Fault {
+	return Fault{kind: kindStall, chunks: max(afterEvents, 0)}
+}
+
+// WithKeepAlive returns a copy of a Stall fault that, while stalled, sends
+// the SSE comment line ": keep-alive" every d, as proxies and some
+// providers do to keep an idle stream open: bytes that carry no event.
+// Other faults ignore it; d <= 0 sends none.
+func (f Fault) WithKeepAlive(d time.Duration) Fault {
+	f.keepAlive = max(d, 0)
+	return f
+}
+
+// Malformed answers with a body that is not valid JSON where JSON is
+// due: in a stream, content event number event (counting from 1; values
+// out of range break the last one) is replaced by a truncated JSON object
+// and the stream goes on to "data: [DONE]"; a plain answer's whole body is
+// a truncated JSON object, with a matching Content-Length.
+func Malformed(event int) Fault {
+	return Fault{kind: kindMalformed, chunks: event}
+}
+
+// NoDone ends a stream cleanly after its finish chunk (and usage chunk,
+// when asked for) without the terminating "data: [DONE]" line, as several
+// OpenAI-compatible providers do: the answer is whole, only the marker is
+// missing. A plain request is answered normally. It counts as a success.
+func NoDone() Fault { return Fault{kind: kindNoDone} }
+
 // Delay succeeds normally after waiting d in addition to the server latency.
 func Delay(d time.Duration) Fault {
 	return Fault{kind: kindDelay, delay: max(d, 0)}
@@ -115,14 +163,39 @@ func (f Fault) WithBody(body string) Fault {
 	return f
 }
 
+// WithCode returns a copy of a Status fault whose OpenAI-format error
+// carries code as its "code", such as "context_length_exceeded" or
+// "content_policy_violation" with Status(400), instead of the code the
+// real API sends with that status. It does not apply to a body set with
+// WithBody, nor to faults other than Status, RateLimited and
+// RateLimitedMS.
+func (f Fault) WithCode(code string) Fault {
+	f.code = code
+	return f
+}
+
 // errorFault is how the server itself rejects a request (bad credentials, a
 // malformed body): a Status fault with a specific OpenAI-format message.
 func errorFault(status int, message string) Fault {
 	return Fault{kind: kindStatus, status: status, body: string(errorJSON(status, message)), hasBody: true}
 }
 
+// paramFault is the server's own 400 for a request whose param is wrong,
+// with the message the real API gives.
+func paramFault(status int, message, param string) Fault {
+	typ, code := errorKind(status)
+	body := mustJSON(apiErrorBody{Error: apiError{Message: message, Type: typ, Param: &param, Code: code}})
+	return Fault{kind: kindStatus, status: status, body: string(body), hasBody: true}
+}
+
 // succeeds reports whether f lets the request end in a full normal response.
-func (f Fault) succeeds() bool { return f.kind == kindOK || f.kind == kindDelay }
+func (f Fault) succeeds() bool {
+	switch f.kind {
+	case kindOK, kindDelay, kindFirstTokenDelay, kindNoDone:
+		return true
+	}
+	return false
+}
 
 func ceilDiv(d, unit time.Duration) int64 {
 	if d <= 0 {
@@ -143,6 +216,17 @@ func (f Fault) exchange(t time.Time) Exchange {
 		e.Status, e.Fault = 0, "hang"
 	case kindTruncate:
 		e.Fault = "truncate"
+	case kindFirstTokenDelay:
+		e.Fault = "first token delay"
+	case kindStall:
+		e.Fault = "stall"
+	case kindMalformed:
+		e.Fault = "malformed"
+	case kindNoDone:
+		e.Fault = "no [DONE]"
+	}
+	if f.kind == kindStatus && f.code != "" {
+		e.Fault += " " + f.code
 	}
 	if f.kind == kindStatus {
 		if v := f.header.Get("Retry-After-Ms"); v != "" {

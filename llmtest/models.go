@@ -1,6 +1,10 @@
 package llmtest
 
-import "net/http"
+import (
+	"fmt"
+	"net/http"
+	"slices"
+)
 
 // modelsCreated is a fixed timestamp so the model list is the same bytes on
 // every run.
@@ -18,16 +22,40 @@ type model struct {
 	OwnedBy string `json:"owned_by"`
 }
 
+// modelIDs are the models the server lists.
+var modelIDs = []string{"gpt-4o", "gpt-4o-mini", "text-embedding-3-small"}
+
+func newModel(id string) model {
+	return model{ID: id, Object: "model", Created: modelsCreated, OwnedBy: "llmtest"}
+}
+
 // serveModels answers GET /v1/models with a short fixed list that includes
 // "gpt-4o".
 func (s *Server) serveModels(w http.ResponseWriter, r *http.Request) {
 	list := modelList{Object: "list"}
-	for _, id := range []string{"gpt-4o", "gpt-4o-mini", "text-embedding-3-small"} {
-		list.Data = append(list.Data, model{ID: id, Object: "model", Created: modelsCreated, OwnedBy: "llmtest"})
+	for _, id := range modelIDs {
+		list.Data = append(list.Data, newModel(id))
 	}
 	if !s.wait(r.Context(), 0) {
 		abort(w, false)
 		return
 	}
 	writeBody(w, http.StatusOK, "application/json", mustJSON(list), nil)
+}
+
+// serveModel answers GET /v1/models/{id}: the model, or the real API's 404
+// with code "model_not_found" for a model it does not list.
+func (s *Server) serveModel(w http.ResponseWriter, r *http.Request, id string) {
+	if !s.wait(r.Context(), 0) {
+		abort(w, false)
+		return
+	}
+	if !slices.Contains(modelIDs, id) {
+		code := "model_not_found"
+		msg := fmt.Sprintf("The model `%s` does not exist or you do not have access to it.", id)
+		writeBody(w, http.StatusNotFound, "application/json",
+			mustJSON(apiErrorBody{Error: apiError{Message: msg, Type: "invalid_request_error", Code: &code}}), nil)
+		return
+	}
+	writeBody(w, http.StatusOK, "application/json", mustJSON(newModel(id)), nil)
 }

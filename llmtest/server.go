@@ -8,14 +8,15 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/http"
+	"strings"
 	"sync"
 	"time"
 )
 
 // Server is an OpenAI-compatible fake LLM API listening on a loopback port.
-// It serves POST /v1/chat/completions (plain and streamed), GET /v1/models
-// and POST /v1/embeddings, and answers anything else with an OpenAI-format
-// 404. Create it with NewServer and release it with Close; the methods are
+// It serves POST /v1/chat/completions (plain and streamed), GET /v1/models,
+// GET /v1/models/{id} and POST /v1/embeddings, and answers anything else
+// with an OpenAI-format 404. Create it with NewServer and release it with Close; the methods are
 // safe for concurrent use.
 type Server struct {
 	// URL is the base URL to hand to an OpenAI client, for example
@@ -154,6 +155,15 @@ func (s *Server) route(w http.ResponseWriter, r *http.Request) {
 	s.countOther()
 	if !s.authorized(r) {
 		s.respondAPIError(w, r, http.StatusUnauthorized, "Incorrect API key provided.")
+		return
+	}
+	if id, ok := strings.CutPrefix(r.URL.Path, "/v1/models/"); ok && id != "" {
+		if r.Method == http.MethodGet {
+			s.serveModel(w, r, id)
+			return
+		}
+		s.respondAPIError(w, r, http.StatusMethodNotAllowed,
+			fmt.Sprintf("Method %s not allowed for %s", r.Method, r.URL.Path))
 		return
 	}
 	switch r.URL.Path {

@@ -82,6 +82,11 @@ func (s *Server) respondAPIError(w http.ResponseWriter, r *http.Request, status 
 // respondFault writes a Status fault (RateLimited faults are Status faults).
 func respondFault(w http.ResponseWriter, f Fault) {
 	body := errorJSON(f.status, fmt.Sprintf("llmtest: scripted %d %s", f.status, http.StatusText(f.status)))
+	if f.code != "" {
+		typ, _ := errorKind(f.status)
+		code := f.code
+		body = mustJSON(apiErrorBody{Error: apiError{Message: fmt.Sprintf("llmtest: scripted %d %s", f.status, code), Type: typ, Code: &code}})
+	}
 	contentType := "application/json"
 	if f.hasBody {
 		body = []byte(f.body)
