@@ -549,7 +549,7 @@ func soakCall(c *Client, rng *rand.Rand, id string, hung chan<- string) (kind, o
 	case "models":
 		_, err = c.OpenAI().ListModels(ctx)
 	}
-	outcome = classify(ctx, err)
+	outcome = classifyCall(ctx, err)
 	if outcome == "" {
 		problem = fmt.Sprintf("unclassified error %T: %v", err, err)
 		outcome = "UNCLASSIFIED"
@@ -593,9 +593,9 @@ func soakStream(ctx context.Context, c *Client, prompt string, abandon bool) (st
 	return r.Choices[0].Delta.Content, nil
 }
 
-// classify names the kind of a call's outcome, or returns "" for an error
+// classifyCall names the kind of a call's outcome, or returns "" for an error
 // of no known kind. ctx is the call's own context.
-func classify(ctx context.Context, err error) string {
+func classifyCall(ctx context.Context, err error) string {
 	var apiErr *openai.APIError
 	switch {
 	case err == nil:

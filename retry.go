@@ -167,3 +167,60 @@ func (e *RetryError) Error() string {
 
 // Unwrap returns Err.
 func (e *RetryError) Unwrap() error { return e.Err }
+
+// retryPolicy is the part of a Config that decides whether, and after how
+// long, a failed attempt is tried again.
+type retryPolicy struct {
+	maxRetries    int           // retries after the first attempt
+	maxRetryAfter time.Duration // the largest server hint honoured
+	newBackoff    func() backoff.BackOff
+}
+
+// stop says why a call makes no further attempt.
+type stop struct {
+	why string // "gave up", "a retry in 1s would pass the deadline", ...
+	// deadline is set when only a deadline (the caller's or the drain's)
+	// stood in the way: the failure itself was worth retrying.
+	deadline bool
+}
+
+// decide returns how long to wait before the next attempt of a call whose
+// attempt number attempt (from 1) failed in a way worth retrying, with
+// resp (nil when it got no response); or, when it must not be tried
+// again, why. bo is the call's backoff, made on first use and advanced by
+// one step on each call that gets that far. dl is the earlier of the
+// caller's and the drain's deadline, zero when neither has one. It reads
+// no clock but now.
+//
+// A server's hint is a floor under the backoff, not a replacement: never
+// sooner than asked, and never sooner than the jittered backoff, so that
+// the many clients a rate limiter told "20 ms" do not all come back
+// together.
+func (p retryPolicy) decide(now time.Time, attempt int, resp *http.Response, bo *backoff.BackOff, dl time.Time) (time.Duration, *stop) {
+	var (
+		wait   time.Duration
+		hinted bool
+	)
+	if resp != nil {
+		wait, hinted = retryAfter(resp.Header, now)
+	}
+	switch {
+	case attempt > p.maxRetries:
+		return 0, &stop{why: "gave up"}
+	case hinted && wait > p.maxRetryAfter:
+		return 0, &stop{why: fmt.Sprintf("server asked to retry after %v, above the %v cap", wait, p.maxRetryAfter)}
+	}
+	if *bo == nil {
+		*bo = p.newBackoff()
+	}
+	switch d := (*bo).NextBackOff(); {
+	case d == backoff.Stop:
+		return 0, &stop{why: "backoff policy stopped"}
+	case d > wait:
+		wait = d
+	}
+	if !dl.IsZero() && now.Add(wait).After(dl) {
+		return 0, &stop{why: fmt.Sprintf("a retry in %v would pass the deadline", wait.Round(time.Millisecond)), deadline: true}
+	}
+	return wait, nil
+}

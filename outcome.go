@@ -1,0 +1,66 @@
+package llmdrain
+
+import (
+	"context"
+	"net/http"
+)
+
+// outcome is what one attempt says about its call and about the target it
+// was sent to. The transport acts on it in one place: the call either ends
+// (healthy, fatal, abandoned) or is tried again (overloaded, broken), and
+// the target's state (failover today) learns from it.
+type outcome uint8
+
+const (
+	// healthy: the target answered and the answer is final, a success
+	// or an error no retry can change (400, 401, 404, ...). The target
+	// is alive.
+	healthy outcome = iota
+	// overloaded: the target is alive but asks for less, 429 or 503.
+	// Retried.
+	overloaded
+	// broken: a failure worth retrying, a 5xx or 408/409, a connection
+	// refused or reset, an attempt timeout, a body cut before it was
+	// handed over. Retried.
+	broken
+	// fatal: no answer, and none will come by retrying (a TLS
+	// certificate error). The call ends with the error; the target's
+	// state is left as it was.
+	fatal
+	// abandoned: the caller's context ended, or a forced drain cancelled
+	// the call. Never retried, and says nothing about the target.
+	abandoned
+)
+
+var outcomeNames = [...]string{"healthy", "overloaded", "broken", "fatal", "abandoned"}
+
+func (o outcome) String() string {
+	if int(o) < len(outcomeNames) {
+		return outcomeNames[o]
+	}
+	return "outcome(?)"
+}
+
+// retried reports whether a call whose attempt ended so may be tried again.
+func (o outcome) retried() bool { return o == overloaded || o == broken }
+
+// classify judges an attempt of the call of ctx that ended with resp or
+// err. shouldRetry is Config.ShouldRetry: the caller's word on what is
+// worth retrying; classify adds only what the caller cannot change, that a
+// call whose context ended is over.
+func classify(ctx context.Context, resp *http.Response, err error, shouldRetry func(*http.Response, error) bool) outcome {
+	if ctx.Err() != nil {
+		return abandoned
+	}
+	// Asked once: it is the caller's code, and may count what it sees.
+	if !shouldRetry(resp, err) {
+		if err != nil {
+			return fatal
+		}
+		return healthy
+	}
+	if err == nil && (resp.StatusCode == http.StatusTooManyRequests || resp.StatusCode == http.StatusServiceUnavailable) {
+		return overloaded
+	}
+	return broken
+}
