@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -211,6 +212,62 @@ func TestSecretsNeverLeak(t *testing.T) {
 			record(f.name, err)
 		})
 	}
+
+	// A 2xx stream whose server sends an error event quoting the key: go-openai
+	// decodes the event, escapes and all, into Recv's error. Each event is
+	// written in two TCP writes that cut the key in two.
+	t.Run("2xx stream with an error event echoing the key", func(t *testing.T) {
+		oneEscape := strings.Replace(fakeKey, "-", `\u002d`, 1)
+		firstEscaped := `\u0073` + fakeKey[1:]
+		errEvent := func(k string) string {
+			return `data: {"error":{"message":"Incorrect API key provided: ` + k + `","type":"invalid_request_error","code":"` + k + `"}}` + "\n\n"
+		}
+		errLine := func(k string) string { // not a data line: accumulated to the end
+			return `{"error":{"message":"Incorrect API key provided: ` + k + `"}}` + "\n"
+		}
+		for name, event := range map[string]string{
+			"raw":                        errEvent(fakeKey),
+			"escaped":                    errEvent(escapedKey),
+			`sk\u002d`:                   errEvent(oneEscape),
+			`\u0073k-`:                   errEvent(firstEscaped),
+			"not a data line, raw":       errLine(fakeKey),
+			"not a data line, escaped":   errLine(escapedKey),
+			"over two lines, raw":        `{"error":{"message":"key: ` + fakeKey[:14] + "\n" + fakeKey[14:] + `"}}` + "\n",
+			"over two lines, escaped":    `{"error":{"message":"key: ` + oneEscape[:5] + "\n" + oneEscape[5:] + `"}}` + "\n",
+			"over three lines, escaped":  "{\n" + `"error":{"message":"` + firstEscaped + `"` + "\n}}\n",
+			"raw, data line then others": errEvent(fakeKey) + "data: [DONE]\n\n",
+		} {
+			cut := strings.Index(event, leakMarker) + 2 // inside the key, raw or escaped
+			if cut < 2 {
+				cut = strings.Index(event, `\u0046`) + 3
+			}
+			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				w.Header().Set("Content-Type", "text/event-stream")
+				f := w.(http.Flusher)
+				io.WriteString(w, `data: {"id":"1","object":"chat.completion.chunk","choices":[{"index":0,"delta":{"content":"hi"}}]}`+"\n\n")
+				f.Flush()
+				io.WriteString(w, event[:cut])
+				f.Flush()
+				io.WriteString(w, event[cut:])
+				f.Flush()
+			}))
+			sc, err := New(Config{APIKey: fakeKey, BaseURL: srv.URL + "/v1", MaxRetries: -1, Logger: logger})
+			require.NoError(t, err)
+			s, err := sc.CreateChatCompletionStream(ctx, userMsg(name))
+			require.NoError(t, err, name)
+			var recvErr error
+			for recvErr == nil {
+				var chunk openai.ChatCompletionStreamResponse
+				chunk, recvErr = s.Recv()
+				record(name+" chunk", chunk)
+			}
+			record(name+" Recv error", recvErr)
+			assert.Zero(t, strings.Count(fmt.Sprintf("%v", recvErr), leakMarker), "%s: Recv's error quotes the key", name)
+			require.NoError(t, s.Close())
+			require.NoError(t, sc.Shutdown(ctx))
+			srv.Close()
+		}
+	})
 
 	t.Run("timeouts and deadlines", func(t *testing.T) {
 		srv.Script(llmtest.Hang(), llmtest.Hang(), llmtest.Hang())

@@ -1,6 +1,13 @@
 package llmdrain
 
-import "bytes"
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"io"
+	"maps"
+	"slices"
+)
 
 // maxDoneLine bounds the bytes kept of one line. A "data: [DONE]" line is 12
 // bytes; one padded with more surrounding space than this is not recognised
@@ -50,4 +57,389 @@ func (w *sseWatcher) keep(p []byte) {
 func isDoneLine(line []byte) bool {
 	rest, ok := bytes.CutPrefix(bytes.TrimSpace(line), []byte("data:"))
 	return ok && bytes.Equal(bytes.TrimLeft(rest, "\t\n\f\r "), []byte("[DONE]"))
+}
+
+// maxSSELine bounds the bytes of one line an sseScrubber holds to pass it
+// on whole: far above any event of a chat stream.
+const maxSSELine = 1 << 20
+
+// sseScrubber is the body of a successful stream as go-openai reads it, the
+// API key taken out of it. go-openai reads a stream line by line, and turns
+// an error event, `data: {"error": ...}`, together with any line that is not
+// a data line (it accumulates those over the whole stream), into the error
+// Recv returns, with JSON escapes decoded. So the key is scrubbed from every
+// line, raw, and from the strings of what go-openai would decode as an
+// error: see sseErrors.
+//
+// To see each line whole it passes lines on only once their '\n' has come
+// (or the stream ended): go-openai's bufio reader waits for it anyway. A
+// line longer than maxSSELine is passed on as it comes, the key scrubbed
+// from its bytes over the cuts, if it is a data line; if it is one go-openai
+// would take into an error, its content is dropped (passed on as an empty
+// line). The common case costs one copy: lines that need no change are
+// passed on from the read buffer.
+type sseScrubber struct {
+	rc      io.ReadCloser
+	key     []byte
+	buf     []byte // buf[r:w] is read from rc, not yet passed on
+	r, w    int
+	scanned int    // buf[r:scanned] holds no '\n'
+	out     []byte // to return next
+	pending []byte // to return after out: a line's replacement
+	err     error  // rc's, returned once buf is passed on
+	long    int    // longNone, or how the current line, too long to hold, is passed on
+	errs    sseErrors
+}
+
+const (
+	longNone = iota
+	longPass // a data line: passed on as it comes, scrubbed
+	longDrop // a line go-openai accumulates: content dropped
+)
+
+func newSSEScrubber(rc io.ReadCloser, key secret) *sseScrubber {
+	return &sseScrubber{rc: rc, key: []byte(key), buf: make([]byte, 4<<10)}
+}
+
+func (s *sseScrubber) Read(p []byte) (int, error) {
+	for len(s.out) == 0 {
+		if !s.next() {
+			return 0, s.err
+		}
+	}
+	n := copy(p, s.out)
+	s.out = s.out[n:]
+	return n, nil
+}
+
+func (s *sseScrubber) Close() error { return s.rc.Close() }
+
+// next sets out to the next bytes to pass on, reading rc as needed, and
+// reports false if there are none: the stream ended with s.err.
+func (s *sseScrubber) next() bool {
+	if s.pending != nil {
+		s.out, s.pending = s.pending, nil
+		return true
+	}
+	for {
+		switch {
+		case s.long != longNone:
+			if out := s.passLong(); len(out) > 0 {
+				s.out = out
+				return true
+			}
+		case s.w-s.r >= maxSSELine && bytes.IndexByte(s.buf[s.scanned:s.w], '\n') < 0:
+			s.long = longPass
+			if accumulated(s.buf[s.r:s.w]) {
+				s.long = longDrop
+			}
+			continue
+		default:
+			if out := s.passLines(); len(out) > 0 {
+				s.out = out
+				return true
+			}
+		}
+		if s.err != nil {
+			if s.r == s.w || s.long == longDrop {
+				s.r = s.w
+				return false
+			}
+			// An unterminated last line, which go-openai drops.
+			s.out = scrub(s.buf[s.r:s.w], secret(s.key), false)
+			s.r = s.w
+			return true
+		}
+		s.fill()
+	}
+}
+
+// passLines returns the whole lines at the start of buf[r:w] that need no
+// change, or, if the first needs one, its replacement; nil if there is no
+// whole line.
+func (s *sseScrubber) passLines() []byte {
+	start := s.r
+	for {
+		i := bytes.IndexByte(s.buf[s.scanned:s.w], '\n')
+		if i < 0 {
+			s.scanned = s.w
+			return s.scrubRun(s.buf[start:s.r])
+		}
+		end := s.scanned + i + 1
+		line := s.buf[s.r:end]
+		s.r, s.scanned = end, end
+		if repl, changed := s.line(line); changed {
+			if before := end - len(line); before > start {
+				s.pending = repl
+				return s.scrubRun(s.buf[start:before])
+			}
+			return repl
+		}
+	}
+}
+
+// scrubRun returns a run of whole lines that line passed unchanged with
+// the key scrubbed from their bytes: looked for once per run, not per
+// line. (A key holds no '\n', so none spans two lines.)
+func (s *sseScrubber) scrubRun(run []byte) []byte {
+	if bytes.Contains(run, s.key) {
+		return scrub(run, secret(s.key), false)
+	}
+	return run
+}
+
+// line returns what go-openai is to get of a whole line, and whether that
+// differs from the line.
+func (s *sseScrubber) line(line []byte) ([]byte, bool) {
+	trimmed := bytes.TrimSpace(line)
+	payload, isData := cutData(trimmed)
+	isErr := isData && bytes.HasPrefix(payload, errorEvent)
+	if isData && !isErr {
+		// A chunk or [DONE]: go-openai decodes it into the answer, never
+		// into an error. Its bytes are scrubbed with the run it is in.
+		return nil, false
+	}
+	if !isData {
+		payload = trimmed
+	}
+	c, changed := s.errs.add(payload, s.key, isErr)
+	if !changed {
+		return nil, false
+	}
+	out := make([]byte, 0, len(c)+7)
+	if isErr && len(c) > 0 {
+		out = append(out, "data: "...)
+	}
+	out = append(out, c...)
+	return append(out, '\n'), true
+}
+
+// passLong returns the next part of a line too long to hold, nil if none is
+// ready yet.
+func (s *sseScrubber) passLong() []byte {
+	end, last := s.w, false
+	if i := bytes.IndexByte(s.buf[s.scanned:s.w], '\n'); i >= 0 {
+		end, last = s.scanned+i+1, true
+	}
+	seg := s.buf[s.r:end]
+	s.scanned = end
+	drop := s.long == longDrop
+	if last {
+		s.long = longNone
+	}
+	if drop {
+		s.r = end
+		if last {
+			return []byte{'\n'}
+		}
+		return nil
+	}
+	out, held := scrubHold(seg, s.key, last)
+	s.r = end - held
+	return out
+}
+
+// fill reads more of rc into buf, making room first.
+func (s *sseScrubber) fill() {
+	if s.r > 0 {
+		n := copy(s.buf, s.buf[s.r:s.w])
+		s.scanned -= s.r
+		s.r, s.w = 0, n
+	}
+	if s.w == len(s.buf) {
+		s.buf = append(s.buf, make([]byte, min(len(s.buf), maxSSELine-len(s.buf)+1))...)
+	}
+	for range maxEmptyReads {
+		n, err := s.rc.Read(s.buf[s.w:])
+		s.w += n
+		if err != nil {
+			s.err = err
+			return
+		}
+		if n > 0 {
+			return
+		}
+	}
+	s.err = io.ErrNoProgress
+}
+
+// scrubHold returns seg with the key replaced, but for its last bytes that
+// could be the start of a key cut at seg's end, unless seg ends its line;
+// and how many bytes of seg it held back.
+func scrubHold(seg, key []byte, last bool) ([]byte, int) {
+	hold := func(rest []byte) int {
+		if last {
+			return 0
+		}
+		return min(len(key)-1, len(rest))
+	}
+	i := bytes.Index(seg, key)
+	if i < 0 {
+		h := hold(seg)
+		return seg[:len(seg)-h], h
+	}
+	var out []byte
+	for ; i >= 0; i = bytes.Index(seg, key) {
+		out = append(append(out, seg[:i]...), "[redacted]"...)
+		seg = seg[i+len(key):]
+	}
+	h := hold(seg)
+	return append(out, seg[:len(seg)-h]...), h
+}
+
+// errorEvent starts the payload of a data line go-openai reads as an error.
+var errorEvent = []byte(`{"error":`)
+
+// cutData mirrors go-openai's `^data:\s*` on a trimmed line.
+func cutData(trimmed []byte) ([]byte, bool) {
+	rest, ok := bytes.CutPrefix(trimmed, []byte("data:"))
+	for len(rest) > 0 && (rest[0] == ' ' || rest[0] == '\t' || rest[0] == '\n' || rest[0] == '\f' || rest[0] == '\r') {
+		rest = rest[1:]
+	}
+	return rest, ok
+}
+
+// accumulated reports whether go-openai takes the line starting with head
+// into its error accumulator: an error event, or any line but a data line.
+func accumulated(head []byte) bool {
+	payload, isData := cutData(bytes.TrimLeft(head, " \t\r\n\v\f"))
+	return !isData || bytes.HasPrefix(payload, errorEvent)
+}
+
+// sseErrors follows what go-openai's stream reader accumulates into its
+// error: the trimmed lines that are not data lines and the payloads of error
+// events, all run together, over the whole stream. go-openai decodes that
+// into an error when the stream ends or right after an error event; only a
+// JSON object decodes. So the accumulation is kept, and its JSON depth
+// followed, until it can never be an object; each time it becomes one, the
+// key is looked for in its strings (escapes decoded), and if found the line
+// that completed it is replaced: by the object re-encoded with the key
+// scrubbed if the line holds all of it, else by nothing. Never, then, is the
+// accumulation a JSON object with the key in it.
+type sseErrors struct {
+	b        []byte // the accumulation, while it may still be an object
+	dead     bool   // it never will be
+	started  bool   // its '{' is in
+	depth    int
+	inString bool
+	escaped  bool
+	closed   bool // its object is complete
+}
+
+// add takes c, the next content go-openai accumulates, and returns what to
+// pass on in its place and whether that differs from c.
+func (a *sseErrors) add(c, key []byte, isErr bool) ([]byte, bool) {
+	changed := false
+	if bytes.Contains(c, key) {
+		c, changed = scrub(c, secret(key), false), true
+	}
+	if a.dead || len(c) == 0 {
+		return c, changed
+	}
+	if len(a.b)+len(c) > maxErrorBody {
+		// More than any error: rather than follow it further, the rest is
+		// dropped, so it stays what it was, no object with the key in it.
+		return nil, true
+	}
+	saved := *a
+	a.scan(c)
+	if a.dead {
+		a.b = nil
+		return c, changed
+	}
+	a.b = append(a.b, c...)
+	if !a.closed || (bytes.IndexByte(a.b, '\\') < 0 && !bytes.Contains(a.b, key)) {
+		return c, changed
+	}
+	// Complete, and the key may be in it: what go-openai would decode.
+	dec := json.NewDecoder(bytes.NewReader(a.b))
+	dec.UseNumber()
+	var v any
+	if !json.Valid(a.b) || dec.Decode(&v) != nil {
+		*a = sseErrors{dead: true}
+		return c, changed
+	}
+	v, found := scrubValue(v, string(key))
+	if !found {
+		return c, changed
+	}
+	obj, _ := v.(map[string]any)
+	if enc, err := encodeObject(obj, isErr); err == nil && len(saved.b) == 0 {
+		a.b = enc
+		return enc, true
+	}
+	*a = saved
+	return nil, true
+}
+
+// scan follows the JSON depth over c, as much as needed to tell where a
+// top-level object ends.
+func (a *sseErrors) scan(c []byte) {
+	for _, ch := range c {
+		switch {
+		case a.closed || !a.started:
+			if ch == ' ' || ch == '\t' || ch == '\n' || ch == '\r' {
+				continue
+			}
+			if a.closed || ch != '{' {
+				a.dead = true // something after the object, or no object
+				return
+			}
+			a.started, a.depth = true, 1
+		case a.inString:
+			switch {
+			case a.escaped:
+				a.escaped = false
+			case ch == '\\':
+				a.escaped = true
+			case ch == '"':
+				a.inString = false
+			}
+		case ch == '"':
+			a.inString = true
+		case ch == '{' || ch == '[':
+			a.depth++
+		case ch == '}' || ch == ']':
+			a.depth--
+			a.closed = a.depth == 0
+		}
+	}
+}
+
+// encodeObject encodes obj, "error" first if errFirst, so that go-openai
+// still reads it as an error event.
+func encodeObject(obj map[string]any, errFirst bool) ([]byte, error) {
+	if obj == nil {
+		return nil, errors.New("not an object")
+	}
+	var out bytes.Buffer
+	enc := json.NewEncoder(&out)
+	enc.SetEscapeHTML(false)
+	if !errFirst {
+		if err := enc.Encode(obj); err != nil {
+			return nil, err
+		}
+		return bytes.TrimSuffix(out.Bytes(), []byte("\n")), nil
+	}
+	out.WriteByte('{')
+	keys := slices.Sorted(maps.Keys(obj))
+	if i := slices.Index(keys, "error"); i > 0 {
+		keys = append(append([]string{"error"}, keys[:i]...), keys[i+1:]...)
+	}
+	for i, k := range keys {
+		if i > 0 {
+			out.WriteByte(',')
+		}
+		if err := enc.Encode(k); err != nil {
+			return nil, err
+		}
+		out.Truncate(out.Len() - 1)
+		out.WriteByte(':')
+		if err := enc.Encode(obj[k]); err != nil {
+			return nil, err
+		}
+		out.Truncate(out.Len() - 1)
+	}
+	out.WriteByte('}')
+	return out.Bytes(), nil
 }

@@ -139,6 +139,11 @@ func (t *transport) RoundTrip(req *http.Request) (*http.Response, error) {
 		tb.env = envelopeBody{rc: body, resp: resp, key: t.key, apiError: t.apiError}
 		body = &tb.env
 	}
+	if ok && t.key != "" && (stream || isSSE(resp)) {
+		// go-openai reads a stream by lines, and makes an error of some:
+		// the key must not be in them.
+		body = newSSEScrubber(body, t.key)
+	}
 	tb.rc, tb.finish = body, finish
 	// A stream request answered 2xx must end with [DONE] whatever its
 	// Content-Type says: a server that ignored "stream": true or sent a
