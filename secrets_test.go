@@ -449,9 +449,11 @@ func TestSecretsNeverLeak(t *testing.T) {
 	assert.Zero(t, leaks, "outputs containing the key, of %d", len(out.all))
 }
 
+// excerpt shows where needle stands in s, with needle itself masked: a
+// test failure message must not carry the key either.
 func excerpt(s, needle string) string {
 	i := strings.Index(s, needle)
-	return s[max(0, i-200):min(len(s), i+200)]
+	return strings.ReplaceAll(s[max(0, i-200):min(len(s), i+200)], needle, "<KEY MARKER HERE>")
 }
 
 func isAPIError(code int) func(error) bool {
