@@ -44,27 +44,34 @@ func New(cfg Config) (*Client, error) {
 	if err != nil {
 		return nil, err
 	}
+	key := secret(r.APIKey)
 	tr := &transport{
 		tracker:        r.Tracker,
-		maxRetries:     r.MaxRetries,
-		newBackoff:     r.Backoff,
+		policy:         retryPolicy{maxRetries: r.MaxRetries, maxRetryAfter: r.MaxRetryAfter, newBackoff: r.Backoff},
 		shouldRetry:    r.ShouldRetry,
-		maxRetryAfter:  r.MaxRetryAfter,
 		attemptTimeout: r.AttemptTimeout,
 		logger:         r.Logger,
-		endpoints:      r.endpoints,
-		failoverAfter:  int32(r.FailoverAfter),
-		key:            secret(r.APIKey),
-		bearer:         secret("Bearer " + r.APIKey),
+		key:            key,
 		apiError:       envelopeError,
 	}
-	for _, ep := range r.endpoints {
+	tr.router = &router{failoverAfter: int32(r.FailoverAfter)}
+	var origins []origin
+	for i, ep := range r.endpoints {
 		u, err := url.Parse(ep) // valid: resolve checked it
-		if err == nil {
-			tr.origins = append(tr.origins, origin{scheme: u.Scheme, host: u.Host})
+		if err != nil {
+			continue
 		}
+		tg := &target{index: int32(i), base: ep, origin: origin{scheme: u.Scheme, host: u.Host}}
+		if key != "" {
+			tg.bearer = "Bearer " + key
+		}
+		tr.router.targets = append(tr.router.targets, tg)
+		origins = append(origins, tg.origin)
 	}
-	tr.base = newKeyGuard(baseTransport(r.HTTPClient), tr.origins, tr.key)
+	tr.router.onFailover = func(from, to *target) {
+		tr.log(context.Background(), "llmdrain: failing over", "from", from.host(), "to", to.host())
+	}
+	tr.base = newKeyGuard(baseTransport(r.HTTPClient), origins, key)
 	if r.MaxConcurrent > 0 {
 		tr.sem = semaphore.NewWeighted(int64(r.MaxConcurrent))
 	}

@@ -125,6 +125,9 @@ func TestEndpointsNormalised(t *testing.T) {
 	c, err := New(r.Config)
 	require.NoError(t, err)
 	assert.Equal(t, `llmdrain.Client{BaseURL: "https://api.example.com/V1", Model: "gpt-4o"}`, c.String())
-	tr := c.http.Transport.(*transport)
-	assert.Equal(t, []origin{{"https", "api.example.com"}, {"http", "localhost:8080"}, {"https", "[fe80::1%En0]:443"}}, tr.origins)
+	var origins []origin
+	for _, tg := range c.http.Transport.(*transport).router.targets {
+		origins = append(origins, tg.origin)
+	}
+	assert.Equal(t, []origin{{"https", "api.example.com"}, {"http", "localhost:8080"}, {"https", "[fe80::1%En0]:443"}}, origins)
 }

@@ -627,16 +627,17 @@ func FuzzConfig(f *testing.F) {
 		}
 		// Failover moves a call built against the primary endpoint to each
 		// of the others, and the key goes with it.
-		tr := c.http.Transport.(*transport)
+		rt := c.http.Transport.(*transport).router
 		first, _ := url.Parse(r.endpoints[0] + "/chat/completions")
 		for i, ep := range r.endpoints {
 			moved, ok := first, true
 			if i > 0 {
-				moved, ok = tr.rebase(first, int32(i))
+				moved, ok = rt.url(first, rt.targets[i])
 			}
 			want, _ := url.Parse(ep + "/chat/completions")
-			if !ok || moved.String() != want.String() || !tr.atEndpoint(moved) {
-				t.Fatalf("a call to %v is moved to endpoint %q as %v (%v), key: %v", first, ep, moved, ok, ok && tr.atEndpoint(moved))
+			_, keyed := rt.bearer(moved)
+			if !ok || moved.String() != want.String() || !keyed {
+				t.Fatalf("a call to %v is moved to endpoint %q as %v (%v), key: %v", first, ep, moved, ok, keyed)
 			}
 		}
 		// The client's printout does not depend on the key (a key that

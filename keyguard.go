@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"strings"
@@ -254,4 +255,24 @@ func scrubValue(v any, key string) (any, bool) {
 		return v, found
 	}
 	return v, false
+}
+
+// secret holds the API key; it prints as "[redacted]" with every verb.
+type secret string
+
+func (secret) Format(f fmt.State, _ rune) { io.WriteString(f, "[redacted]") }
+
+// scrub replaces the key wherever it appears in b. A server that echoes the
+// key in an error would otherwise put it into the error's text, and from
+// there into logs. When b was cut short, a key cut in two at its end is
+// dropped too.
+func scrub(b []byte, key secret, cut bool) []byte {
+	if key == "" {
+		return b
+	}
+	b = bytes.ReplaceAll(b, []byte(key), []byte("[redacted]"))
+	if cut {
+		b = b[:len(b)-min(len(b), len(key)-1)]
+	}
+	return b
 }

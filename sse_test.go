@@ -233,7 +233,8 @@ func BenchmarkStreamBody(b *testing.B) {
 	br := bufio.NewReader(nil)
 	for range b.N {
 		rc := io.NopCloser(bytes.NewReader(stream.Bytes()))
-		tb := &trackedBody{rc: newSSEScrubber(rc, fakeKey), ctx: context.Background(), sse: new(sseWatcher), done: nop}
+		c := &call{ctx: context.Background(), done: nop, end: nop}
+		tb := &trackedBody{c: c, rc: newSSEScrubber(rc, fakeKey), sse: new(sseWatcher)}
 		br.Reset(tb)
 		for {
 			if _, err := br.ReadSlice('\n'); err != nil {
