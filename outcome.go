@@ -2,6 +2,7 @@ package llmdrain
 
 import (
 	"context"
+	"errors"
 	"net/http"
 )
 
@@ -30,9 +31,17 @@ const (
 	// abandoned: the caller's context ended, or a forced drain cancelled
 	// the call. Never retried, and says nothing about the target.
 	abandoned
+	// silent: the target took the request and sent nothing of an answer
+	// within the time allowed for its first sign of one (errSilent).
+	// Worth trying elsewhere, but waiting once per target is enough.
+	silent
 )
 
-var outcomeNames = [...]string{"healthy", "overloaded", "broken", "fatal", "abandoned"}
+var outcomeNames = [...]string{"healthy", "overloaded", "broken", "fatal", "abandoned", "silent"}
+
+// errSilent is matched (errors.Is) by the error of an attempt whose target
+// sent nothing of an answer in time; classify makes it a silent outcome.
+var errSilent = errors.New("llmdrain: no answer in time")
 
 func (o outcome) String() string {
 	if int(o) < len(outcomeNames) {
@@ -42,7 +51,7 @@ func (o outcome) String() string {
 }
 
 // retried reports whether a call whose attempt ended so may be tried again.
-func (o outcome) retried() bool { return o == overloaded || o == broken }
+func (o outcome) retried() bool { return o == overloaded || o == broken || o == silent }
 
 // classify judges an attempt of the call of ctx that ended with resp or
 // err. shouldRetry is Config.ShouldRetry: the caller's word on what is
@@ -58,6 +67,9 @@ func classify(ctx context.Context, resp *http.Response, err error, shouldRetry f
 			return fatal
 		}
 		return healthy
+	}
+	if errors.Is(err, errSilent) {
+		return silent
 	}
 	if err == nil && (resp.StatusCode == http.StatusTooManyRequests || resp.StatusCode == http.StatusServiceUnavailable) {
 		return overloaded

@@ -36,6 +36,7 @@ func TestClassify(t *testing.T) {
 		{"408", live, status(408), nil, broken},
 		{"refused", live, nil, syscall.ECONNREFUSED, broken},
 		{"attempt timeout", live, nil, errAttemptTimeout, broken},
+		{"silent", live, nil, fmt.Errorf("after 1m0s: %w", errSilent), silent},
 		{"TLS", live, nil, fmt.Errorf("tls: %w", x509.UnknownAuthorityError{}), fatal},
 		{"caller gone, with an answer", ended, status(200), nil, abandoned},
 		{"caller gone, with an error", ended, nil, context.Canceled, abandoned},
