@@ -65,6 +65,7 @@ type chatCall struct {
 	model   string
 	prompt  string // the last user message: the key of Completed
 	reply   string
+	finish  string // "stop", or "length" when max_tokens cut the reply
 	usage   usage
 }
 
@@ -159,13 +160,30 @@ func (s *Server) newChatCall(req openai.ChatCompletionRequest) chatCall {
 		promptWords += len(strings.Fields(messageText(m)))
 	}
 	prompt := lastUserMessage(req)
-	reply := Reply(prompt)
+	reply, finish := Reply(prompt), string(openai.FinishReasonStop)
+	// A word is a token here; max_completion_tokens wins over the older
+	// max_tokens, as with the real API.
+	//lint:ignore SA1019 clients still send max_tokens, and the API honours it
+	limit := req.MaxTokens
+	if req.MaxCompletionTokens > 0 {
+		limit = req.MaxCompletionTokens
+	}
+	if limit > 0 {
+		rest := reply
+		for range limit {
+			_, rest = nextWord(rest)
+		}
+		if rest != "" {
+			reply, finish = reply[:len(reply)-len(rest)], string(openai.FinishReasonLength)
+		}
+	}
 	return chatCall{
 		id:      fmt.Sprintf("chatcmpl-%d", id),
 		created: time.Now().Unix(),
 		model:   req.Model,
 		prompt:  prompt,
 		reply:   reply,
+		finish:  finish,
 		usage:   newUsage(promptWords, len(strings.Fields(reply))),
 	}
 }
@@ -205,7 +223,7 @@ func (s *Server) plainChat(w http.ResponseWriter, r *http.Request, call chatCall
 		Model:   call.model,
 		Choices: []chatChoice{{
 			Message:      chatMessage{Role: openai.ChatMessageRoleAssistant, Content: call.reply},
-			FinishReason: string(openai.FinishReasonStop),
+			FinishReason: call.finish,
 		}},
 		Usage: call.usage,
 	})
@@ -248,41 +266,62 @@ func (s *Server) plainChat(w http.ResponseWriter, r *http.Request, call chatCall
 	}
 }
 
-// streamChat writes a streamed answer; done is serveChat's.
+// streamChat writes a streamed answer; done is serveChat's. Each event is
+// made as it is sent, so a long answer costs no more memory than a short
+// one.
 func (s *Server) streamChat(w http.ResponseWriter, r *http.Request, call chatCall, f Fault, includeUsage bool, done func()) {
-	words := splitWords(call.reply)
 	chunk := func(d chunkDelta, finish *string) []byte {
 		return mustJSON(chatChunk{
 			ID: call.id, Object: "chat.completion.chunk", Created: call.created, Model: call.model,
 			Choices: []chunkChoice{{Delta: d, FinishReason: finish}},
 		})
 	}
-	events := [][]byte{chunk(chunkDelta{Role: openai.ChatMessageRoleAssistant}, nil)}
-	for _, word := range words {
-		events = append(events, chunk(chunkDelta{Content: word}, nil))
-	}
-	stop := string(openai.FinishReasonStop)
-	events = append(events, chunk(chunkDelta{}, &stop))
+	// The events: the role chunk, a chunk per word, the finish chunk, the
+	// usage chunk if asked for, then [DONE].
+	words := countWords(call.reply)
+	total := 1 + words + 1
 	if includeUsage {
-		events = append(events, mustJSON(chatChunk{
-			ID: call.id, Object: "chat.completion.chunk", Created: call.created, Model: call.model,
-			Choices: []chunkChoice{}, Usage: &call.usage,
-		}))
+		total++
 	}
 	if f.kind != kindNoDone {
-		events = append(events, []byte("[DONE]"))
+		total++
 	}
-
+	malformed := -1
 	switch f.kind {
 	case kindTruncate, kindStall:
 		n := f.chunks
 		if n == truncateHalf {
-			n = len(words) / 2
+			n = words / 2
 		}
-		events = events[:1+min(n, len(words))]
+		total = 1 + min(n, words)
 	case kindMalformed:
-		// Content events are 1 to len(words); a reply has at least one.
-		events[min(max(f.chunks, 1), max(len(words), 1))] = []byte(`{"id":"` + call.id + `","object":"chat.completion.chunk","choices":[{"delta":{"content":`)
+		// Content events are 1 to words; a reply has at least one.
+		malformed = min(max(f.chunks, 1), max(words, 1))
+	}
+	rest := call.reply // the words not yet sent
+	event := func(i int) []byte {
+		var ev []byte
+		switch {
+		case i == 0:
+			ev = chunk(chunkDelta{Role: openai.ChatMessageRoleAssistant}, nil)
+		case i <= words:
+			var word string
+			word, rest = nextWord(rest)
+			ev = chunk(chunkDelta{Content: word}, nil)
+		case i == words+1:
+			ev = chunk(chunkDelta{}, &call.finish)
+		case i == words+2 && includeUsage:
+			ev = mustJSON(chatChunk{
+				ID: call.id, Object: "chat.completion.chunk", Created: call.created, Model: call.model,
+				Choices: []chunkChoice{}, Usage: &call.usage,
+			})
+		default:
+			ev = []byte("[DONE]")
+		}
+		if i == malformed {
+			ev = []byte(`{"id":"` + call.id + `","object":"chat.completion.chunk","choices":[{"delta":{"content":`)
+		}
+		return ev
 	}
 	succeeds := f.succeeds()
 
@@ -302,13 +341,13 @@ func (s *Server) streamChat(w http.ResponseWriter, r *http.Request, call chatCal
 			return
 		}
 	}
-	for i, ev := range events {
+	for i := range total {
 		if i > 0 && !sleep(ctx, s.chunkDelay) {
 			done()
 			abort(w, false)
 			return
 		}
-		if i == len(events)-1 && succeeds {
+		if i == total-1 && succeeds {
 			// Counted before [DONE] goes out so that a client that has
 			// read it can rely on Completed; see there.
 			undo = s.countSuccess(call.prompt)
@@ -316,7 +355,7 @@ func (s *Server) streamChat(w http.ResponseWriter, r *http.Request, call chatCal
 		}
 		// Flush each event on its own: clients must be able to observe a
 		// stream that stops half-way.
-		if _, err := fmt.Fprintf(w, "data: %s\n\n", ev); err != nil {
+		if _, err := fmt.Fprintf(w, "data: %s\n\n", event(i)); err != nil {
 			undo()
 			return
 		}
@@ -353,11 +392,10 @@ func (s *Server) stall(ctx context.Context, w http.ResponseWriter, keepAlive tim
 	}
 }
 
-// splitWords cuts text after each run of whitespace, so every piece is a
-// word with its trailing space and the pieces concatenate back to text.
-func splitWords(text string) []string {
-	var words []string
-	start := 0
+// nextWord returns the first word of text with the white space after it,
+// and the rest: text cut after its first run of white space, so the words
+// of a text concatenate back to it.
+func nextWord(text string) (word, rest string) {
 	inSpace := false
 	for i, r := range text {
 		if unicode.IsSpace(r) {
@@ -365,13 +403,18 @@ func splitWords(text string) []string {
 			continue
 		}
 		if inSpace {
-			words = append(words, text[start:i])
-			start = i
-			inSpace = false
+			return text[:i], text[i:]
 		}
 	}
-	if start < len(text) {
-		words = append(words, text[start:])
+	return text, ""
+}
+
+// countWords is how many words nextWord cuts text into.
+func countWords(text string) int {
+	n := 0
+	for text != "" {
+		_, text = nextWord(text)
+		n++
 	}
-	return words
+	return n
 }

@@ -283,3 +283,62 @@ func TestUnknownPathAndMethod(t *testing.T) {
 	assert.Equal(t, 4, st.Other)
 	assert.Equal(t, 0, st.Requests)
 }
+
+func TestMaxTokensCutsTheReply(t *testing.T) {
+	srv := newServer(t)
+	c := newClient(t, srv)
+	prompt := "one two three four five six"
+	for _, tc := range []struct {
+		name string
+		set  func(*openai.ChatCompletionRequest)
+	}{
+		//lint:ignore SA1019 the deprecated field is still sent by clients
+		{"max_tokens", func(r *openai.ChatCompletionRequest) { r.MaxTokens = 3 }},
+		{"max_completion_tokens", func(r *openai.ChatCompletionRequest) { r.MaxCompletionTokens = 3 }},
+	} {
+		req := chatRequest(prompt)
+		tc.set(&req)
+		resp, err := c.CreateChatCompletion(testContext(t), req)
+		require.NoError(t, err, tc.name)
+		assert.Equal(t, "You said: one ", resp.Choices[0].Message.Content, tc.name)
+		assert.Equal(t, openai.FinishReasonLength, resp.Choices[0].FinishReason, tc.name)
+		assert.Equal(t, 3, resp.Usage.CompletionTokens, tc.name)
+
+		req.Stream = true
+		req.StreamOptions = &openai.StreamOptions{IncludeUsage: true}
+		st, err := c.CreateChatCompletionStream(testContext(t), req)
+		require.NoError(t, err, tc.name)
+		var text strings.Builder
+		var finish openai.FinishReason
+		var usage *openai.Usage
+		for {
+			chunk, err := st.Recv()
+			if err != nil {
+				require.ErrorIs(t, err, io.EOF, tc.name)
+				break
+			}
+			for _, ch := range chunk.Choices {
+				text.WriteString(ch.Delta.Content)
+				if ch.FinishReason != "" {
+					finish = ch.FinishReason
+				}
+			}
+			if chunk.Usage != nil {
+				usage = chunk.Usage
+			}
+		}
+		st.Close()
+		assert.Equal(t, "You said: one ", text.String(), tc.name)
+		assert.Equal(t, openai.FinishReasonLength, finish, tc.name)
+		require.NotNil(t, usage, tc.name)
+		assert.Equal(t, 3, usage.CompletionTokens, tc.name)
+	}
+
+	// A limit the reply fits in changes nothing.
+	req := chatRequest(prompt)
+	req.MaxCompletionTokens = 100
+	resp, err := c.CreateChatCompletion(testContext(t), req)
+	require.NoError(t, err)
+	assert.Equal(t, llmtest.Reply(prompt), resp.Choices[0].Message.Content)
+	assert.Equal(t, openai.FinishReasonStop, resp.Choices[0].FinishReason)
+}

@@ -96,14 +96,22 @@ func TestJitter(t *testing.T) {
 	assert.Equal(t, base, s.nextLatency(), "no jitter unless asked")
 }
 
-func TestSplitWords(t *testing.T) {
+func TestNextWord(t *testing.T) {
 	for text, want := range map[string][]string{
 		"":                   nil,
 		"one":                {"one"},
 		"You said: a b":      {"You ", "said: ", "a ", "b"},
 		"You said: a  b\nc ": {"You ", "said: ", "a  ", "b\n", "c "},
+		"  lead":             {"  ", "lead"},
 	} {
-		assert.Equal(t, want, splitWords(text), "%q", text)
+		var got []string
+		for rest := text; rest != ""; {
+			var w string
+			w, rest = nextWord(rest)
+			got = append(got, w)
+		}
+		assert.Equal(t, want, got, "%q", text)
+		assert.Equal(t, len(want), countWords(text), "%q", text)
 	}
 }
 
