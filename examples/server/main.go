@@ -24,6 +24,25 @@
 //	DRAIN_DELAY        serving time after SIGTERM, readiness at 503 (default 0)
 //	DRAIN_TIMEOUT      bound on finishing in-flight requests (default 60s)
 //	LOG_LEVEL          debug, info, warn or error (default info)
+//	MAX_IN_FLIGHT      generate requests handled at once; more get 503 and
+//	                   Retry-After before their body is read (default 64)
+//	MAX_BODY_BYTES     largest generate body, prompt included; 413 above
+//	                   (default 262144)
+//	ALLOWED_MODELS     comma-separated models a client may ask for; the
+//	                   first is used when it names none (default gpt-4o)
+//	MAX_OUTPUT_TOKENS  cap on every answer, sent as max_completion_tokens
+//	                   (default 1024)
+//	HEADER_TIMEOUT     to send the request headers (default 5s)
+//	BODY_TIMEOUT       to send the request body once the headers are in;
+//	                   408 after (default 10s)
+//	WRITE_TIMEOUT      for each write to the client: a plain answer, or one
+//	                   event of a stream; a client that stops reading is
+//	                   dropped and its LLM call cancelled (default 10s)
+//	IDLE_TIMEOUT       a keep-alive connection idle this long is closed
+//	                   (default 60s)
+//
+// Request headers are limited to 16 KiB (431 above). Errors are JSON,
+// {"error": "..."}, 404 and 405 included.
 //
 // On SIGTERM (or Ctrl-C) it turns /readyz to 503, keeps serving for
 // DRAIN_DELAY, stops accepting connections, lets every in-flight generate,
@@ -38,6 +57,7 @@ package main
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
@@ -71,6 +91,8 @@ func run() int {
 	defer backend.Close()
 	llmCfg := backend.Config
 	llmCfg.Logger = logger
+	// The LLM calls are bounded like the requests that make them.
+	llmCfg.MaxConcurrent = cfg.MaxInFlight
 	client, err := llmdrain.New(llmCfg)
 	if err != nil {
 		logger.Error("bad LLM configuration", "error", err)
@@ -85,14 +107,21 @@ func run() int {
 
 	sd := &llmdrain.Shutdown{Delay: cfg.DrainDelay, Timeout: cfg.DrainTimeout, Logger: logger}
 	mux := http.NewServeMux()
-	mux.Handle("GET /healthz", sd.LiveHandler())
-	mux.Handle("GET /readyz", sd.ReadyHandler())
-	mux.Handle("POST /v1/generate", &generator{client: client, log: logger})
+	route(mux, "/healthz", http.MethodGet, sd.LiveHandler())
+	route(mux, "/readyz", http.MethodGet, sd.ReadyHandler())
+	route(mux, "/v1/generate", http.MethodPost, newGenerator(client, logger, cfg))
+	mux.Handle("/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		writeError(w, http.StatusNotFound, fmt.Sprintf("no such endpoint: %s %s", r.Method, r.URL.Path))
+	}))
 	srv := &http.Server{
 		Handler:           accessLog(logger, mux),
-		ReadHeaderTimeout: 10 * time.Second,
-		IdleTimeout:       2 * time.Minute,
-		ErrorLog:          slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
+		ReadHeaderTimeout: cfg.HeaderTimeout,
+		MaxHeaderBytes:    settings.MaxHeaderBytes,
+		IdleTimeout:       cfg.IdleTimeout,
+		// No ReadTimeout or WriteTimeout: they would cut long streamed
+		// answers. The generator bounds reading each body and each write
+		// itself.
+		ErrorLog: slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
 	}
 	// The inbound server drains first: it stops accepting and waits for
 	// the handlers, whose LLM calls are still admitted meanwhile. Then the
@@ -130,6 +159,19 @@ func run() int {
 	return 0
 }
 
+// route serves h at path for one method (GET also answers HEAD); any
+// other method gets a JSON 405 naming the allowed one.
+func route(mux *http.ServeMux, path, method string, h http.Handler) {
+	mux.Handle(path, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method != method && (method != http.MethodGet || r.Method != http.MethodHead) {
+			w.Header().Set("Allow", method)
+			writeError(w, http.StatusMethodNotAllowed, fmt.Sprintf("%s %s is not supported; use %s", r.Method, path, method))
+			return
+		}
+		h.ServeHTTP(w, r)
+	}))
+}
+
 // newLogger logs JSON, for log collectors, unless w is a terminal.
 func newLogger(w *os.File, level slog.Level) *slog.Logger {
 	opts := &slog.HandlerOptions{Level: level}
@@ -151,7 +193,10 @@ func accessLog(logger *slog.Logger, next http.Handler) http.Handler {
 			level = slog.LevelDebug
 		}
 		status := rec.status
-		if status == 0 {
+		switch {
+		case rec.logAs != 0:
+			status = rec.logAs
+		case status == 0:
 			status = http.StatusOK
 		}
 		logger.LogAttrs(r.Context(), level, "request",
@@ -167,6 +212,23 @@ type recorder struct {
 	http.ResponseWriter
 	status int
 	bytes  int64
+	logAs  int // the status to log instead, such as 499; 0: status
+}
+
+// logStatus makes the access log show status for the request answered
+// through w, whatever was sent: 499 for a client that went away.
+func logStatus(w http.ResponseWriter, status int) {
+	for {
+		switch v := w.(type) {
+		case *recorder:
+			v.logAs = status
+			return
+		case interface{ Unwrap() http.ResponseWriter }:
+			w = v.Unwrap()
+		default:
+			return
+		}
+	}
 }
 
 func (r *recorder) WriteHeader(code int) {

@@ -312,6 +312,9 @@ func (p *Proc) WaitLine(s Stream, timeout time.Duration, what string, match func
 	return found
 }
 
+// Pid is the process's ID.
+func (p *Proc) Pid() int { return p.cmd.Process.Pid }
+
 // Signal sends sig to the process.
 func (p *Proc) Signal(sig syscall.Signal) {
 	p.t.Helper()

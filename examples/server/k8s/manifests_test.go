@@ -9,12 +9,14 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	policyv1 "k8s.io/api/policy/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime"
@@ -193,8 +195,31 @@ func TestManifests(t *testing.T) {
 			t.Errorf("resources.requests.%s is not set", r)
 		}
 	}
-	if q, ok := c.Resources.Limits[corev1.ResourceMemory]; !ok || q.IsZero() {
+	limit, ok := c.Resources.Limits[corev1.ResourceMemory]
+	if !ok || limit.IsZero() {
 		t.Errorf("resources.limits.memory is not set")
+	}
+	// GOMEMLIMIT, the Go runtime's soft limit, below the container's
+	// hard one, with room for what the heap does not count.
+	var memLimit string
+	for _, e := range c.Env {
+		if e.Name == "GOMEMLIMIT" {
+			memLimit = e.Value
+		}
+	}
+	// Go writes 200MiB where Kubernetes writes 200Mi.
+	soft, err := resource.ParseQuantity(strings.TrimSuffix(strings.Replace(memLimit, "iB", "i", 1), "B"))
+	switch {
+	case memLimit == "" || err != nil:
+		t.Errorf("GOMEMLIMIT %q: want the Go runtime's soft memory limit set, such as 200MiB (%v)", memLimit, err)
+	case soft.Cmp(limit) >= 0 || float64(soft.Value()) > 0.9*float64(limit.Value()):
+		t.Errorf("GOMEMLIMIT %s must leave at least 10%% of the memory limit %s to the rest of the process", memLimit, limit.String())
+	}
+	// The bounds the memory limit was measured against (the server's
+	// TestMemoryBoundedUnderAttack) are the defaults or tighter.
+	if cfg.MaxInFlight > settings.DefaultMaxInFlight || cfg.MaxBodyBytes > settings.DefaultMaxBodyBytes {
+		t.Errorf("MAX_IN_FLIGHT %d and MAX_BODY_BYTES %d above the measured defaults %d and %d: measure the memory again",
+			cfg.MaxInFlight, cfg.MaxBodyBytes, settings.DefaultMaxInFlight, settings.DefaultMaxBodyBytes)
 	}
 
 	// The timing budget: the kubelet's SIGKILL must come after the

@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -21,6 +22,15 @@ const (
 	EnvDrainDelay   = "DRAIN_DELAY"
 	EnvDrainTimeout = "DRAIN_TIMEOUT"
 	EnvLogLevel     = "LOG_LEVEL"
+
+	EnvMaxInFlight     = "MAX_IN_FLIGHT"
+	EnvMaxBodyBytes    = "MAX_BODY_BYTES"
+	EnvAllowedModels   = "ALLOWED_MODELS"
+	EnvMaxOutputTokens = "MAX_OUTPUT_TOKENS"
+	EnvHeaderTimeout   = "HEADER_TIMEOUT"
+	EnvBodyTimeout     = "BODY_TIMEOUT"
+	EnvWriteTimeout    = "WRITE_TIMEOUT"
+	EnvIdleTimeout     = "IDLE_TIMEOUT"
 )
 
 // Defaults for unset variables.
@@ -31,12 +41,43 @@ const (
 	DefaultDrainDelay   = 0 * time.Second
 	DefaultDrainTimeout = 60 * time.Second
 	DefaultLogLevel     = slog.LevelInfo
+
+	// DefaultMaxInFlight bounds the generate requests handled at once;
+	// more are answered 503 with Retry-After before their body is read,
+	// so a load balancer tries another replica.
+	DefaultMaxInFlight = 64
+	// DefaultMaxBodyBytes bounds a generate request's body, its prompt
+	// included: 256 KiB is about 60,000 tokens of English.
+	DefaultMaxBodyBytes = 256 << 10
+	// DefaultMaxOutputTokens caps every answer (max_completion_tokens).
+	DefaultMaxOutputTokens = 1024
+	// DefaultHeaderTimeout bounds reading a request's headers.
+	DefaultHeaderTimeout = 5 * time.Second
+	// DefaultBodyTimeout bounds reading a request's body once its
+	// headers are in.
+	DefaultBodyTimeout = 10 * time.Second
+	// DefaultWriteTimeout bounds each write to a client: a plain answer,
+	// or one event of a stream. A client that stops reading is dropped
+	// and its LLM call cancelled.
+	DefaultWriteTimeout = 10 * time.Second
+	// DefaultIdleTimeout closes a keep-alive connection idle this long.
+	DefaultIdleTimeout = 60 * time.Second
 )
 
+// MaxHeaderBytes bounds a request's headers: 16 KiB is far above what a
+// browser or an API client sends, and 300 connections each dribbling a
+// megabyte of headers must not take the pod's memory.
+const MaxHeaderBytes = 16 << 10
+
+// DefaultModel is the only model a client may ask for when ALLOWED_MODELS
+// is unset: llmdrain's default, which the server also uses when a request
+// names none.
+const DefaultModel = "gpt-4o"
+
 // ExitGrace bounds how long the process may still run once DrainTimeout
-// has passed: llmdrain.Shutdown.Run returns at most about one second after
-// its Timeout (the forced phase cancels what is left and waits that long
-// for it), then the embedded resources close and the process exits.
+// has passed: llmdrain.Shutdown.Run returns at most ShutdownGrace (1.25 s)
+// after its Timeout (the forced phase cancels what is left and waits that
+// long for it), then the embedded resources close and the process exits.
 const ExitGrace = 2 * time.Second
 
 // MinMargin is the least headroom a deployment must leave on top of
@@ -58,13 +99,31 @@ type Settings struct {
 	DrainTimeout time.Duration
 	// LogLevel is the least level logged.
 	LogLevel slog.Level
+
+	// MaxInFlight bounds the generate requests handled at once.
+	MaxInFlight int
+	// MaxBodyBytes bounds a generate request's body.
+	MaxBodyBytes int64
+	// AllowedModels are the models a client may ask for; the first is
+	// used when a request names none.
+	AllowedModels []string
+	// MaxOutputTokens caps every answer.
+	MaxOutputTokens int
+	// HeaderTimeout, BodyTimeout, WriteTimeout and IdleTimeout bound the
+	// phases of a client's exchange; see the Default* constants.
+	HeaderTimeout, BodyTimeout, WriteTimeout, IdleTimeout time.Duration
 }
 
 // FromEnv reads the settings through lookup (os.LookupEnv in the server)
 // and applies the defaults to unset or empty variables. Every problem is
 // reported, joined.
 func FromEnv(lookup func(string) (string, bool)) (Settings, error) {
-	s := Settings{Addr: DefaultAddr, DrainDelay: DefaultDrainDelay, DrainTimeout: DefaultDrainTimeout, LogLevel: DefaultLogLevel}
+	s := Settings{
+		Addr: DefaultAddr, DrainDelay: DefaultDrainDelay, DrainTimeout: DefaultDrainTimeout, LogLevel: DefaultLogLevel,
+		MaxInFlight: DefaultMaxInFlight, MaxBodyBytes: DefaultMaxBodyBytes, AllowedModels: []string{DefaultModel},
+		MaxOutputTokens: DefaultMaxOutputTokens, HeaderTimeout: DefaultHeaderTimeout, BodyTimeout: DefaultBodyTimeout,
+		WriteTimeout: DefaultWriteTimeout, IdleTimeout: DefaultIdleTimeout,
+	}
 	var errs []error
 	if v, ok := lookup(EnvAddr); ok && v != "" {
 		s.Addr = v
@@ -86,6 +145,36 @@ func FromEnv(lookup func(string) (string, bool)) (Settings, error) {
 	}
 	duration(EnvDrainDelay, &s.DrainDelay, false)
 	duration(EnvDrainTimeout, &s.DrainTimeout, true)
+	duration(EnvHeaderTimeout, &s.HeaderTimeout, true)
+	duration(EnvBodyTimeout, &s.BodyTimeout, true)
+	duration(EnvWriteTimeout, &s.WriteTimeout, true)
+	duration(EnvIdleTimeout, &s.IdleTimeout, true)
+	count := func(name string, set func(int64)) {
+		v, ok := lookup(name)
+		if !ok || v == "" {
+			return
+		}
+		n, err := strconv.ParseInt(v, 10, 64)
+		if err != nil || n <= 0 {
+			errs = append(errs, fmt.Errorf("%s=%q: want a positive whole number", name, v))
+			return
+		}
+		set(n)
+	}
+	count(EnvMaxInFlight, func(n int64) { s.MaxInFlight = int(min(n, 1<<20)) })
+	count(EnvMaxBodyBytes, func(n int64) { s.MaxBodyBytes = n })
+	count(EnvMaxOutputTokens, func(n int64) { s.MaxOutputTokens = int(min(n, 1<<30)) })
+	if v, ok := lookup(EnvAllowedModels); ok && v != "" {
+		s.AllowedModels = nil
+		for _, m := range strings.Split(v, ",") {
+			if m = strings.TrimSpace(m); m != "" {
+				s.AllowedModels = append(s.AllowedModels, m)
+			}
+		}
+		if len(s.AllowedModels) == 0 {
+			errs = append(errs, fmt.Errorf("%s=%q: name at least one model", EnvAllowedModels, v))
+		}
+	}
 	if v, ok := lookup(EnvLogLevel); ok && v != "" {
 		if err := s.LogLevel.UnmarshalText([]byte(strings.ToUpper(v))); err != nil {
 			errs = append(errs, fmt.Errorf("%s=%q: want debug, info, warn or error", EnvLogLevel, v))
