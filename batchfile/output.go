@@ -214,4 +214,3 @@ func Merge(input io.Reader, outputs []string, w io.Writer) (MergeReport, error) 
 	rep.Extra = len(index) - used
 	return rep, bw.Flush()
 }
-
