@@ -259,6 +259,11 @@ type Result struct {
 	Error    *Error    `json:"error"`
 }
 
+// failed reports whether the result is a failure.
+func (r Result) failed() bool {
+	return r.Error != nil || r.Response == nil || r.Response.StatusCode != 200
+}
+
 // Response is the API's answer to a request.
 type Response struct {
 	StatusCode int             `json:"status_code"`

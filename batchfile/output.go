@@ -8,17 +8,19 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"sync"
 )
 
 // Output is an output file opened for appending results, each custom_id at
-// most once, across runs. Its methods are not safe for concurrent use
-// (llmdrain's BatchSeq calls emit one call at a time).
+// most once, across runs. Its methods are safe for concurrent use.
 type Output struct {
+	mu   sync.Mutex // guards w, done, n, bad
 	f    *os.File
 	w    *bufio.Writer
 	path string
 	done map[[16]byte]struct{}
 	n    int // results in the file
+	bad  int // of them, failures
 	torn int64
 }
 
@@ -74,17 +76,34 @@ func (o *Output) scan() (int64, error) {
 		}
 		o.done[key(res.CustomID)] = struct{}{}
 		o.n++
+		if res.failed() {
+			o.bad++
+		}
 	}
 }
 
 // Has reports whether the file holds a result for customID.
 func (o *Output) Has(customID string) bool {
+	o.mu.Lock()
+	defer o.mu.Unlock()
 	_, ok := o.done[key(customID)]
 	return ok
 }
 
 // Len is the number of results in the file.
-func (o *Output) Len() int { return o.n }
+func (o *Output) Len() int {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.n
+}
+
+// Failed is the number of results in the file that are failures: an
+// error, or a response whose status is not 200.
+func (o *Output) Failed() int {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.bad
+}
 
 // Torn is how many bytes of a torn last line OpenOutput cut off.
 func (o *Output) Torn() int64 { return o.torn }
@@ -93,6 +112,8 @@ func (o *Output) Torn() int64 { return o.torn }
 // custom_id. The line reaches the operating system before Write returns,
 // so that it survives the process.
 func (o *Output) Write(res Result) error {
+	o.mu.Lock()
+	defer o.mu.Unlock()
 	k := key(res.CustomID)
 	if _, dup := o.done[k]; dup {
 		return nil
@@ -109,11 +130,16 @@ func (o *Output) Write(res Result) error {
 	}
 	o.done[k] = struct{}{}
 	o.n++
+	if res.failed() {
+		o.bad++
+	}
 	return nil
 }
 
 // Close syncs and closes the file.
 func (o *Output) Close() error {
+	o.mu.Lock()
+	defer o.mu.Unlock()
 	err := o.w.Flush()
 	if serr := o.f.Sync(); err == nil {
 		err = serr
