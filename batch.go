@@ -7,6 +7,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"hash/fnv"
+	"iter"
 	"runtime/debug"
 	"strings"
 	"sync"
@@ -41,6 +43,10 @@ type Task struct {
 	// Request, when set, is sent as it is; an empty Model means the
 	// client's.
 	Request *openai.ChatCompletionRequest
+	// Embeddings, when set, makes the task an embeddings call, sent as it
+	// is; Prompt and Request must then be empty, and its Model set (no
+	// default model applies to embeddings).
+	Embeddings *openai.EmbeddingRequest
 }
 
 // TaskStatus is where a task stands.
@@ -56,6 +62,9 @@ const (
 	// running, because of a shutdown or of the batch's context: it did
 	// not fail, and a resumed batch runs it.
 	StatusNotRun TaskStatus = "not_run"
+	// StatusSkipped marks a task of another shard (BatchOptions.Shard):
+	// it is another process's to run.
+	StatusSkipped TaskStatus = "skipped"
 )
 
 // TaskResult is what became of one task.
@@ -68,10 +77,18 @@ type TaskResult struct {
 	Duration time.Duration // from start to end of the task's call
 	Usage    openai.Usage
 	Resumed  bool // completed in an earlier run, taken from the journal
+	// Response is the whole answer of a chat task that got one in this run
+	// (completed, or failed with ErrEmptyResponse); nil otherwise.
+	Response *openai.ChatCompletionResponse
+	// Embeddings is the answer of a completed embeddings task in this run;
+	// nil otherwise.
+	Embeddings *openai.EmbeddingResponse
 }
 
 // Progress is a snapshot of a running batch.
 type Progress struct {
+	// Total counts the tasks of the batch (of its shard, with
+	// BatchOptions.Shard); for BatchSeq, the tasks read so far.
 	Total     int
 	Completed int // resumed ones included
 	Failed    int
@@ -127,16 +144,61 @@ type BatchOptions struct {
 	// goroutine with an error that holds the value and the stack of the
 	// original panic and wraps the value when it is an error.
 	OnProgress func(Progress)
+	// Shard, when its Count is not 0, runs only the tasks this shard owns
+	// (see Shard.Owns); the others are another process's. The zero value
+	// runs every task.
+	Shard Shard
+}
+
+// Shard names one of Count disjoint shares of a batch, so that Count
+// processes (the pods of a Kubernetes Indexed Job, say) can run one batch
+// between them, each with its own journal. A task belongs to the shard its
+// ID hashes to, whatever the order or number of the other tasks: inserting,
+// removing or reordering lines moves no task to another shard. (A derived
+// ID, of a task without one, depends on its position: give IDs to tasks
+// that are sharded.)
+type Shard struct {
+	Index int // 0 <= Index < Count
+	Count int // 0 means no sharding
+}
+
+// Owns reports whether the task with this ID is the shard's: FNV-1a (64
+// bits) of the ID, modulo Count, is Index. The zero Shard owns every task.
+func (s Shard) Owns(id string) bool {
+	if s.Count <= 1 {
+		return true
+	}
+	h := fnv.New64a()
+	h.Write([]byte(id))
+	return h.Sum64()%uint64(s.Count) == uint64(s.Index)
+}
+
+// String renders the shard as "INDEX/COUNT", or "" for the zero Shard.
+func (s Shard) String() string {
+	if s.Count == 0 {
+		return ""
+	}
+	return fmt.Sprintf("%d/%d", s.Index, s.Count)
+}
+
+func (s Shard) validate() error {
+	if s.Count < 0 || s.Index < 0 || (s.Count == 0 && s.Index != 0) || (s.Count > 0 && s.Index >= s.Count) {
+		return fmt.Errorf("%w: shard %d/%d: want 0 <= index < count", ErrInvalidBatch, s.Index, s.Count)
+	}
+	return nil
 }
 
 // BatchResult is the outcome of a batch: one result per task, in input
 // order, and totals.
 type BatchResult struct {
+	// Results holds one result per task, in input order; nil for BatchSeq,
+	// which hands each result over as the task ends.
 	Results   []TaskResult
 	Completed int // resumed ones included
 	Failed    int
 	NotRun    int
 	Resumed   int
+	Skipped   int          // tasks of other shards (BatchOptions.Shard)
 	Usage     openai.Usage // tokens of the tasks completed in this run
 	Elapsed   time.Duration
 }
@@ -156,7 +218,8 @@ type journalRecord struct {
 // Batch runs tasks through c at bounded concurrency and returns a result
 // per task in input order.
 //
-// Each task is one chat completion, tracked and retried like any call. A
+// Each task is one chat completion (or, with Task.Embeddings, one
+// embeddings call), tracked and retried like any call. A
 // task that fails does not stop the others. When c's tracker starts
 // draining, no new task starts and the running ones get the drain's time to
 // finish; tasks cancelled at the drain's deadline, and those never started,
@@ -170,98 +233,78 @@ type journalRecord struct {
 // respectively, as well as the call's own error (such as the server's
 // *openai.APIError).
 //
+// With opts.Shard set, the tasks of other shards are not run: they end
+// StatusSkipped and count in BatchResult.Skipped only.
+//
 // Batch returns an error wrapping ErrInvalidBatch for bad input (duplicate
-// IDs, a task with neither prompt nor messages) and for a journal it cannot
-// use (unreadable, not a journal: the file is left untouched), before any
-// call; ErrJournalLocked when another process holds the journal. When tasks
-// ended not run it returns the result and an error wrapping ErrDraining,
-// the context's cause, or context.DeadlineExceeded when only ctx's deadline
-// cut tasks short. An empty task list returns an empty result.
+// IDs, a task with neither prompt nor messages, a bad shard) and for a
+// journal it cannot use (unreadable, not a journal: the file is left
+// untouched), before any call; ErrJournalLocked when another process holds
+// the journal. When tasks ended not run it returns the result and an error
+// wrapping ErrDraining, the context's cause, or context.DeadlineExceeded
+// when only ctx's deadline cut tasks short. An empty task list returns an
+// empty result.
 //
 // With a journal, every finished task is appended as it ends and the file
-// is synced in batches and before Batch returns.
+// is synced in batches and before Batch returns. Batch is a wrapper of
+// BatchSeq's runner that keeps every task and result in memory; see
+// BatchSeq for inputs too large for that.
 func (c *Client) Batch(ctx context.Context, tasks []Task, opts BatchOptions) (*BatchResult, error) {
 	start := time.Now()
 	res := &BatchResult{Results: make([]TaskResult, len(tasks))}
 	if len(tasks) == 0 {
 		return res, nil
 	}
-	reqs, fps, err := c.prepareTasks(tasks, res.Results)
-	if err != nil {
+	if err := opts.Shard.validate(); err != nil {
 		return nil, err
 	}
-
-	var j *journal.Journal
-	if opts.Journal != "" {
-		var done map[taskKey]journalRecord
-		j, done, err = openJournal(opts.Journal)
+	preps := make([]prepared, len(tasks))
+	seen := make(map[string]int, len(tasks))
+	for i, t := range tasks {
+		p, err := c.prepareTask(i, t)
 		if err != nil {
 			return nil, err
 		}
-		for i := range res.Results {
-			r := &res.Results[i]
-			if rec, ok := done[taskKey{r.ID, fps[i]}]; ok {
-				*r = TaskResult{ID: r.ID, Status: StatusCompleted, Text: rec.Text, Attempts: rec.Attempts,
-					Duration: time.Duration(rec.DurationMS) * time.Millisecond, Usage: rec.Usage, Resumed: true}
-			}
+		if prev, dup := seen[p.id]; dup {
+			return nil, fmt.Errorf("%w: duplicate task ID %q at positions %d and %d", ErrInvalidBatch, p.id, prev, i)
 		}
+		seen[p.id] = i
+		preps[i] = p
+		res.Results[i] = TaskResult{ID: p.id, Status: StatusPending}
 	}
 
-	// Workers run under rctx, so that a panic in OnProgress can cancel them.
-	rctx, cancel := context.WithCancelCause(ctx)
-	defer cancel(nil)
-	b := &batchRun{c: c, res: res, journal: j, onProgress: opts.OnProgress, start: start, cancel: cancel}
-	for _, r := range res.Results {
-		if r.Resumed {
+	b := &batchRun{c: c, results: res.Results, onProgress: opts.OnProgress, start: start, keepText: true}
+	b.deliver = func(i int, r TaskResult) error { res.Results[i] = r; return nil }
+	if opts.Journal != "" {
+		if err := b.openJournal(opts.Journal); err != nil {
+			return nil, err
+		}
+	}
+	for i, p := range preps {
+		r := &res.Results[i]
+		if !opts.Shard.Owns(p.id) {
+			r.Status = StatusSkipped
+			continue
+		}
+		b.p.Total++
+		if rec, ok := b.done[doneKey(p.id, p.fp)]; ok {
+			*r = TaskResult{ID: r.ID, Status: StatusCompleted, Text: rec.Text, Attempts: rec.Attempts,
+				Duration: time.Duration(rec.DurationMS) * time.Millisecond, Usage: rec.Usage, Resumed: true}
 			b.p.Resumed++
 			b.p.Completed++
 		}
 	}
-	b.p.Total = len(tasks)
-	b.p.Pending = len(tasks) - b.p.Completed
+	b.done = nil
+	b.p.Pending = b.p.Total - b.p.Completed
 
-	limit := opts.Concurrency
-	if limit <= 0 {
-		limit = DefaultBatchConcurrency
-	}
-	var g errgroup.Group
-	g.SetLimit(limit)
-	// Whichever way Batch is left, its workers are waited for and its
-	// journal is closed, unlocking it. That is done below; this covers
-	// leaving early, which only a runtime.Goexit from OnProgress on this
-	// goroutine does.
-	cleanedUp := false
-	var closeErr error
-	defer func() {
-		if !cleanedUp {
-			cancel(errProgressPanicked)
-			_ = g.Wait()
-			if j != nil {
-				j.Close()
+	pending := func(yield func(int, prepared) bool) {
+		for i := range preps {
+			if res.Results[i].Status == StatusPending && !yield(i, preps[i]) {
+				return
 			}
 		}
-	}()
-	for i := range tasks {
-		if res.Results[i].Status != StatusPending {
-			continue
-		}
-		if b.stopped(rctx) {
-			b.notRun(i, b.stopCause(rctx))
-			continue
-		}
-		g.Go(func() error {
-			b.run(rctx, i, reqs[i], fps[i])
-			return nil
-		})
 	}
-	_ = g.Wait()
-	if j != nil {
-		closeErr = j.Close()
-	}
-	cleanedUp = true
-	if b.panicked != nil { // no worker is left to write it
-		panic(b.panicked)
-	}
+	closeErr := b.execute(ctx, pending, opts.Concurrency)
 
 	for _, r := range res.Results {
 		switch r.Status {
@@ -276,121 +319,341 @@ func (c *Client) Batch(ctx context.Context, tasks []Task, opts BatchOptions) (*B
 			res.Failed++
 		case StatusNotRun:
 			res.NotRun++
+		case StatusSkipped:
+			res.Skipped++
 		}
 	}
 	res.Elapsed = time.Since(start)
-
-	var errs []error
-	if closeErr != nil {
-		errs = append(errs, fmt.Errorf("llmdrain: journal %s: %w", opts.Journal, closeErr))
-	}
-	if res.NotRun > 0 {
-		errs = append(errs, fmt.Errorf("llmdrain: batch interrupted, %d of %d tasks not run: %w", res.NotRun, len(tasks), b.stopCause(ctx)))
-	}
-	return res, errors.Join(errs...)
+	return res, b.errors(ctx, opts.Journal, closeErr, res.NotRun, len(tasks)-res.Skipped)
 }
 
-// prepareTasks validates tasks, fills in their IDs and pending results, and
-// returns each task's request and fingerprint.
-func (c *Client) prepareTasks(tasks []Task, results []TaskResult) ([]openai.ChatCompletionRequest, []string, error) {
-	reqs := make([]openai.ChatCompletionRequest, len(tasks))
-	fps := make([]string, len(tasks))
-	seen := make(map[string]int, len(tasks))
-	for i, t := range tasks {
+// BatchSeq is Batch for inputs too large to hold in memory: it reads tasks
+// from an iterator, only as fast as they start, and hands each task's
+// result to emit as the task ends, keeping neither. Memory is bounded by
+// the concurrency, plus a few dozen bytes per task for the duplicate check
+// and the journal's index.
+//
+// Tasks run as with Batch: the same retries, drain, cancellation,
+// journal, shards and progress reports (whose Total counts the tasks read
+// so far). emit is called once for each task read that the shard owns:
+// completed, failed, not run, or resumed from the journal (completed, with
+// Resumed set but no Text nor Response: the journal of BatchSeq keeps no
+// answers; emit is where to keep them). It is called one call at a time,
+// before the task is recorded in the journal, so that an answer emit
+// stored (in a file, say) is never journaled without it. If emit returns
+// an error, the task is not journaled (a resumed batch runs it again), no
+// task starts, and the running ones end as they would in a drain; the
+// error is returned. A nil emit discards the results.
+//
+// The iterator's error, a task that is not valid, or a duplicate ID ends
+// the batch the same way, with an error wrapping ErrInvalidBatch: unlike
+// Batch, which checks every task first, BatchSeq cannot know of a bad task
+// before it has read the tasks before it. Check the input first when
+// nothing may be paid for before a bad task is found (the batchfile
+// package does).
+//
+// Once the batch stops, by a drain, ctx or an error, no more tasks are
+// read: NotRun counts the tasks read that did not run, and the returned
+// error says why, as Batch's does. The result's Results is nil.
+func (c *Client) BatchSeq(ctx context.Context, tasks iter.Seq2[Task, error], opts BatchOptions, emit func(TaskResult) error) (*BatchResult, error) {
+	start := time.Now()
+	if err := opts.Shard.validate(); err != nil {
+		return nil, err
+	}
+	if emit == nil {
+		emit = func(TaskResult) error { return nil }
+	}
+	b := &batchRun{c: c, onProgress: opts.OnProgress, start: start, stream: true}
+	b.deliver = func(_ int, r TaskResult) error { return emit(r) }
+	if opts.Journal != "" {
+		if err := b.openJournal(opts.Journal); err != nil {
+			return nil, err
+		}
+	}
+	res := &BatchResult{}
+	seen := make(map[[16]byte]int) // the IDs read, hashed
+	var inputErr error
+	input := func(yield func(int, prepared) bool) {
+		i := 0
+		for t, err := range tasks {
+			if err != nil {
+				inputErr = fmt.Errorf("%w: task %d: %w", ErrInvalidBatch, i, err)
+				return
+			}
+			p, err := c.prepareTask(i, t)
+			if err != nil {
+				inputErr = err
+				return
+			}
+			h := idKey(p.id)
+			if prev, dup := seen[h]; dup {
+				inputErr = fmt.Errorf("%w: duplicate task ID %q at positions %d and %d", ErrInvalidBatch, p.id, prev, i)
+				return
+			}
+			seen[h] = i
+			i++
+			if !opts.Shard.Owns(p.id) {
+				res.Skipped++
+				continue
+			}
+			if b.resumed(p) {
+				if b.stopped(ctx) {
+					return
+				}
+				continue
+			}
+			b.mu.Lock()
+			b.p.Total++
+			b.p.Pending++
+			b.mu.Unlock()
+			if !yield(i-1, p) {
+				return
+			}
+		}
+	}
+	closeErr := b.execute(ctx, input, opts.Concurrency)
+
+	res.Completed, res.Failed, res.NotRun, res.Resumed = b.p.Completed, b.p.Failed, b.p.NotRun, b.p.Resumed
+	res.Usage = b.p.Usage
+	res.Elapsed = time.Since(start)
+	err := b.errors(ctx, opts.Journal, closeErr, res.NotRun, b.p.Total)
+	return res, errors.Join(err, inputErr)
+}
+
+// prepared is a validated task: its ID, fingerprint and request.
+type prepared struct {
+	id, fp string
+	chat   *openai.ChatCompletionRequest
+	emb    *openai.EmbeddingRequest
+}
+
+// prepareTask validates task i and returns it with its ID and fingerprint.
+func (c *Client) prepareTask(i int, t Task) (prepared, error) {
+	var p prepared
+	var body []byte
+	var err error
+	switch {
+	case t.Embeddings != nil:
+		if t.Request != nil || t.Prompt != "" {
+			return p, fmt.Errorf("%w: task %d has embeddings and a chat prompt or request", ErrInvalidBatch, i)
+		}
+		if t.Embeddings.Model == "" {
+			return p, fmt.Errorf("%w: task %d has an embeddings request without a model", ErrInvalidBatch, i)
+		}
+		if t.Embeddings.Input == nil {
+			return p, fmt.Errorf("%w: task %d has an embeddings request without input", ErrInvalidBatch, i)
+		}
+		req := *t.Embeddings
+		p.emb = &req
+		body, err = json.Marshal(req)
+		// Another kind of request than a chat's: another fingerprint space.
+		body = append([]byte("embeddings\x00"), body...)
+	default:
+		var req openai.ChatCompletionRequest
 		switch {
 		case t.Request != nil:
-			reqs[i] = *t.Request
+			req = *t.Request
 		case t.Prompt != "":
-			reqs[i] = openai.ChatCompletionRequest{Messages: []openai.ChatCompletionMessage{{Role: openai.ChatMessageRoleUser, Content: t.Prompt}}}
+			req = openai.ChatCompletionRequest{Messages: []openai.ChatCompletionMessage{{Role: openai.ChatMessageRoleUser, Content: t.Prompt}}}
 		default:
-			return nil, nil, fmt.Errorf("%w: task %d has neither a prompt nor a request", ErrInvalidBatch, i)
+			return p, fmt.Errorf("%w: task %d has neither a prompt nor a request", ErrInvalidBatch, i)
 		}
-		if len(reqs[i].Messages) == 0 {
-			return nil, nil, fmt.Errorf("%w: task %d has a request without messages", ErrInvalidBatch, i)
+		if len(req.Messages) == 0 {
+			return p, fmt.Errorf("%w: task %d has a request without messages", ErrInvalidBatch, i)
 		}
-		if reqs[i].Model == "" {
-			reqs[i].Model = c.model
+		if req.Model == "" {
+			req.Model = c.model
 		}
-		reqs[i].Stream = false
-		body, err := json.Marshal(reqs[i])
-		if err != nil {
-			return nil, nil, fmt.Errorf("%w: task %d: %w", ErrInvalidBatch, i, err)
-		}
-		sum := sha256.Sum256(body)
-		fps[i] = hex.EncodeToString(sum[:16])
-		id := t.ID
-		if id == "" {
-			id = fmt.Sprintf("%d-%s", i, fps[i][:12])
-		}
-		if prev, dup := seen[id]; dup {
-			return nil, nil, fmt.Errorf("%w: duplicate task ID %q at positions %d and %d", ErrInvalidBatch, id, prev, i)
-		}
-		seen[id] = i
-		results[i] = TaskResult{ID: id, Status: StatusPending}
+		req.Stream = false
+		p.chat = &req
+		body, err = json.Marshal(req)
 	}
-	return reqs, fps, nil
+	if err != nil {
+		return p, fmt.Errorf("%w: task %d: %w", ErrInvalidBatch, i, err)
+	}
+	sum := sha256.Sum256(body)
+	p.fp = hex.EncodeToString(sum[:16])
+	p.id = t.ID
+	if p.id == "" {
+		p.id = fmt.Sprintf("%d-%s", i, p.fp[:12])
+	}
+	return p, nil
 }
 
-// taskKey names a request in the journal: a task's ID and its request's
-// fingerprint.
-type taskKey struct{ id, fp string }
+// doneKey names a request in the journal: a hash of the task's ID and its
+// request's fingerprint, 16 bytes whatever the ID's length.
+func doneKey(id, fp string) [16]byte {
+	h := sha256.New()
+	h.Write([]byte(id))
+	h.Write([]byte{0})
+	h.Write([]byte(fp))
+	var k [16]byte
+	copy(k[:], h.Sum(nil))
+	return k
+}
 
-// openJournal opens the journal and returns the completed record of every
-// request that completed, the last one if it completed more than once.
-// A completion is final: records of other outcomes never erase it, not
-// even for the same ID and request. An answer in the journal was paid for,
-// and a failure of the same request (which a run using the journal never
-// makes, as it takes the answer instead) says nothing against that answer.
-func openJournal(path string) (*journal.Journal, map[taskKey]journalRecord, error) {
-	j, raws, err := journal.Open(path)
-	switch {
-	case errors.Is(err, journal.ErrLocked):
-		return nil, nil, fmt.Errorf("%w: %s", ErrJournalLocked, path)
-	case err != nil:
-		return nil, nil, fmt.Errorf("%w: journal: %w", ErrInvalidBatch, err)
-	}
-	done := make(map[taskKey]journalRecord)
-	for n, raw := range raws {
+// idKey is the hash of a task ID that BatchSeq's duplicate check keeps.
+func idKey(id string) [16]byte {
+	sum := sha256.Sum256([]byte(id))
+	var k [16]byte
+	copy(k[:], sum[:])
+	return k
+}
+
+// openJournal opens the journal and indexes every request that completed,
+// with its last completed record (keys only, for a stream). A completion
+// is final: records of other outcomes never erase it, not even for the
+// same ID and request. An answer in the journal was paid for, and a
+// failure of the same request (which a run using the journal never makes,
+// as it takes the answer instead) says nothing against that answer.
+func (b *batchRun) openJournal(path string) error {
+	b.done = make(map[[16]byte]journalRecord)
+	n := 0
+	j, err := journal.OpenEach(path, func(raw []byte) error {
+		n++
 		var rec journalRecord
 		if err := json.Unmarshal(raw, &rec); err != nil || rec.ID == "" {
-			j.Close()
-			return nil, nil, fmt.Errorf("%w: journal %s: record %d is not a task record", ErrInvalidBatch, path, n+1)
+			return fmt.Errorf("%w: journal %s: record %d is not a task record", ErrInvalidBatch, path, n)
 		}
 		if rec.Status == StatusCompleted {
-			done[taskKey{rec.ID, rec.Fingerprint}] = rec
+			k := doneKey(rec.ID, rec.Fingerprint)
+			if b.stream {
+				rec = journalRecord{} // the key is all a stream needs
+			} else {
+				rec.ID, rec.Fingerprint, rec.Error = "", "", ""
+			}
+			b.done[k] = rec
 		}
+		return nil
+	})
+	switch {
+	case errors.Is(err, ErrInvalidBatch):
+		b.done = nil
+		return err
+	case errors.Is(err, journal.ErrLocked):
+		b.done = nil
+		return fmt.Errorf("%w: %s", ErrJournalLocked, path)
+	case err != nil:
+		b.done = nil
+		return fmt.Errorf("%w: journal: %w", ErrInvalidBatch, err)
 	}
-	return j, done, nil
+	b.journal = j
+	return nil
 }
 
-// batchRun is the shared state of one Batch call.
+// batchRun is the shared state of one Batch or BatchSeq call.
 type batchRun struct {
 	c          *Client
-	res        *BatchResult
+	results    []TaskResult // Batch's, for the running status; nil for a stream
+	deliver    func(i int, r TaskResult) error
 	journal    *journal.Journal
+	done       map[[16]byte]journalRecord // completed requests in the journal, by doneKey
+	keepText   bool                       // journal the answers' text (Batch's resume returns it)
+	stream     bool                       // BatchSeq: stop reading input once stopped
 	onProgress func(Progress)
 	start      time.Time
 	cancel     context.CancelCauseFunc // of the workers' context
 
-	mu         sync.Mutex // guards p, res.Results entries once running, journalErr, cutCause, panicked
+	mu         sync.Mutex // guards p, results entries once running, journalErr, sinkErr, cutCause, panicked, deliver calls
 	p          Progress
 	finished   int // tasks ended in this run
 	journalErr error
+	sinkErr    error          // emit's first error
 	cutCause   error          // of the first task a deadline cut short
 	panicked   *progressPanic // set when OnProgress panicked
+}
+
+// execute runs the tasks at bounded concurrency and closes the journal. A
+// task is read from tasks only once a slot is free for it. When the batch
+// stops, Batch's remaining tasks end not run; a stream's are not read.
+func (b *batchRun) execute(ctx context.Context, tasks iter.Seq2[int, prepared], limit int) (closeErr error) {
+	// Workers run under rctx, so that a panic in OnProgress can cancel them.
+	rctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	b.cancel = cancel
+	if limit <= 0 {
+		limit = DefaultBatchConcurrency
+	}
+	var g errgroup.Group
+	g.SetLimit(limit)
+	// Whichever way this is left, the workers are waited for and the
+	// journal is closed, unlocking it. That is done below; this covers
+	// leaving early, which only a runtime.Goexit from OnProgress on this
+	// goroutine does.
+	cleanedUp := false
+	defer func() {
+		if !cleanedUp {
+			cancel(errProgressPanicked)
+			_ = g.Wait()
+			if b.journal != nil {
+				b.journal.Close()
+			}
+		}
+	}()
+	for i, p := range tasks {
+		if b.stopped(rctx) {
+			b.notRun(i, p.id, b.stopCause(rctx))
+			if b.stream {
+				break
+			}
+			continue
+		}
+		g.Go(func() error {
+			b.run(rctx, i, p)
+			return nil
+		})
+	}
+	_ = g.Wait()
+	if b.journal != nil {
+		closeErr = b.journal.Close()
+	}
+	cleanedUp = true
+	if b.panicked != nil { // no worker is left to write it
+		panic(b.panicked)
+	}
+	return closeErr
+}
+
+// errors is what a batch returns besides its result.
+func (b *batchRun) errors(ctx context.Context, path string, closeErr error, notRun, total int) error {
+	var errs []error
+	if closeErr != nil {
+		errs = append(errs, fmt.Errorf("llmdrain: journal %s: %w", path, closeErr))
+	}
+	if notRun > 0 {
+		errs = append(errs, fmt.Errorf("llmdrain: batch interrupted, %d of %d tasks not run: %w", notRun, total, b.stopCause(ctx)))
+	} else if b.sinkErr != nil {
+		errs = append(errs, b.sinkErr)
+	}
+	return errors.Join(errs...)
+}
+
+// resumed hands over a stream's task that the journal records as
+// completed, and reports whether it did.
+func (b *batchRun) resumed(p prepared) bool {
+	if _, ok := b.done[doneKey(p.id, p.fp)]; !ok {
+		return false
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock() // deferred: OnProgress may call runtime.Goexit
+	b.p.Total++
+	b.p.Resumed++
+	b.finishLocked(0, TaskResult{ID: p.id, Status: StatusCompleted, Resumed: true})
+	b.report()
+	return true
 }
 
 // stopped reports whether new tasks must not start.
 func (b *batchRun) stopped(ctx context.Context) bool {
 	b.mu.Lock()
-	stop := b.journalErr != nil || b.panicked != nil
+	stop := b.journalErr != nil || b.sinkErr != nil || b.panicked != nil
 	b.mu.Unlock()
 	return stop || ctx.Err() != nil || b.c.tracker.Draining()
 }
 
-// stopCause says why tasks did not run: the batch's context, a journal
-// failure, a drain or, when none of those stopped the batch, the deadline
-// that cut a task's retries short.
+// stopCause says why tasks did not run: the batch's context, a journal or
+// emit failure, a drain or, when none of those stopped the batch, the
+// deadline that cut a task's retries short.
 func (b *batchRun) stopCause(ctx context.Context) error {
 	if err := context.Cause(ctx); err != nil {
 		return err
@@ -400,6 +663,8 @@ func (b *batchRun) stopCause(ctx context.Context) error {
 	switch {
 	case b.journalErr != nil:
 		return b.journalErr
+	case b.sinkErr != nil:
+		return b.sinkErr
 	case b.cutCause != nil && !b.c.tracker.Draining():
 		return b.cutCause
 	}
@@ -407,27 +672,43 @@ func (b *batchRun) stopCause(ctx context.Context) error {
 }
 
 // run performs task i, unless the batch stopped while it waited for a slot.
-func (b *batchRun) run(ctx context.Context, i int, req openai.ChatCompletionRequest, fp string) {
+func (b *batchRun) run(ctx context.Context, i int, p prepared) {
 	if b.stopped(ctx) {
-		b.notRun(i, b.stopCause(ctx))
+		b.notRun(i, p.id, b.stopCause(ctx))
 		return
 	}
 	b.mu.Lock()
-	b.res.Results[i].Status = StatusRunning
+	if b.results != nil {
+		b.results[i].Status = StatusRunning
+	}
 	b.p.Pending--
 	b.p.InFlight++
 	b.mu.Unlock()
 
 	cctx, rec := withCallRecord(ctx)
 	t0 := time.Now()
-	resp, err := b.c.CreateChatCompletion(cctx, req)
-	r := TaskResult{ID: b.res.Results[i].ID, Attempts: int(rec.attempts.Load()), Duration: time.Since(t0)}
+	r := TaskResult{ID: p.id}
+	var err error
+	if p.emb != nil {
+		var resp openai.EmbeddingResponse
+		resp, err = b.c.oa.CreateEmbeddings(cctx, *p.emb)
+		if err == nil {
+			r.Status, r.Usage, r.Embeddings = StatusCompleted, resp.Usage, &resp
+		}
+	} else {
+		var resp openai.ChatCompletionResponse
+		resp, err = b.c.CreateChatCompletion(cctx, *p.chat)
+		switch {
+		case err == nil && len(resp.Choices) == 0:
+			r.Status, r.Err, r.Response = StatusFailed, ErrEmptyResponse, &resp
+		case err == nil:
+			r.Status, r.Text, r.Usage, r.Response = StatusCompleted, resp.Choices[0].Message.Content, resp.Usage, &resp
+		}
+	}
+	r.Attempts, r.Duration = int(rec.attempts.Load()), time.Since(t0)
 	var cut *cutShortError
 	switch {
-	case err == nil && len(resp.Choices) == 0:
-		r.Status, r.Err = StatusFailed, ErrEmptyResponse
 	case err == nil:
-		r.Status, r.Text, r.Usage = StatusCompleted, resp.Choices[0].Message.Content, resp.Usage
 	case errors.Is(err, ErrDraining), errors.Is(err, ErrForcedShutdown), ctx.Err() != nil:
 		r.Status, r.Err = StatusNotRun, err
 	case rec.cut.Load() == deadlineDrain:
@@ -440,52 +721,68 @@ func (b *batchRun) run(ctx context.Context, i int, req openai.ChatCompletionRequ
 		r.Status, r.Err = StatusFailed, err
 	}
 
-	var jerr error
-	if b.journal != nil && r.Status != StatusNotRun {
-		rec := journalRecord{ID: r.ID, Fingerprint: fp, Status: r.Status, Text: r.Text, Attempts: r.Attempts,
-			DurationMS: r.Duration.Milliseconds(), Usage: r.Usage}
-		if r.Err != nil {
-			rec.Error = r.Err.Error()
-		}
-		jerr = b.journal.Append(rec)
-	}
-
 	b.mu.Lock()
 	defer b.mu.Unlock() // deferred: OnProgress may call runtime.Goexit
 	b.p.InFlight--
-	if jerr != nil && b.journalErr == nil {
-		b.journalErr = fmt.Errorf("journal write failed, stopping: %w", jerr)
-	}
 	if cut != nil && b.cutCause == nil {
 		b.cutCause = cut.Cause
 	}
-	b.finishLocked(i, r)
+	if b.finishLocked(i, r) && b.journal != nil && r.Status != StatusNotRun {
+		jr := journalRecord{ID: r.ID, Fingerprint: p.fp, Status: r.Status, Attempts: r.Attempts,
+			DurationMS: r.Duration.Milliseconds(), Usage: r.Usage}
+		if b.keepText {
+			jr.Text = r.Text
+		}
+		if r.Err != nil {
+			jr.Error = r.Err.Error()
+		}
+		if err := b.journal.Append(jr); err != nil && b.journalErr == nil {
+			b.journalErr = fmt.Errorf("journal write failed, stopping: %w", err)
+		}
+	}
+	b.report()
 }
 
 // notRun records task i as not run without starting it.
-func (b *batchRun) notRun(i int, cause error) {
+func (b *batchRun) notRun(i int, id string, cause error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	b.p.Pending--
-	b.finishLocked(i, TaskResult{ID: b.res.Results[i].ID, Status: StatusNotRun, Err: cause})
+	b.finishLocked(i, TaskResult{ID: id, Status: StatusNotRun, Err: cause})
+	b.report()
 }
 
-// finishLocked stores a task's result and reports progress. b.mu is held,
-// which also serialises the OnProgress calls.
-func (b *batchRun) finishLocked(i int, r TaskResult) {
-	b.res.Results[i] = r
+// finishLocked hands a task's result over and counts it; b.mu is held,
+// which also serialises the deliveries. It reports whether the result was
+// taken: when emit fails, the batch stops and the task is not journaled.
+func (b *batchRun) finishLocked(i int, r TaskResult) bool {
+	if err := b.deliver(i, r); err != nil {
+		if b.sinkErr == nil {
+			b.sinkErr = fmt.Errorf("llmdrain: batch stopped, the result of task %q was not taken: %w", r.ID, err)
+		}
+		b.p.NotRun++
+		return false
+	}
 	switch r.Status {
 	case StatusCompleted:
 		b.p.Completed++
-		addUsage(&b.p.Usage, r.Usage)
+		if !r.Resumed {
+			addUsage(&b.p.Usage, r.Usage)
+		}
 	case StatusFailed:
 		b.p.Failed++
 	case StatusNotRun:
 		b.p.NotRun++
 	}
-	if r.Status != StatusNotRun {
+	if r.Status != StatusNotRun && !r.Resumed {
 		b.finished++
 	}
+	return true
+}
+
+// report sends the progress to OnProgress; b.mu is held, which also
+// serialises the OnProgress calls.
+func (b *batchRun) report() {
 	if b.onProgress == nil || b.panicked != nil {
 		return
 	}
@@ -497,16 +794,16 @@ func (b *batchRun) finishLocked(i int, r TaskResult) {
 	if left := p.Pending + p.InFlight; p.Rate > 0 && left > 0 {
 		p.ETA = time.Duration(float64(left) / p.Rate * float64(time.Second))
 	}
-	b.report(p)
+	b.call(p)
 }
 
-// report calls OnProgress; b.mu is held. A panic there must not crash the
+// call calls OnProgress; b.mu is held. A panic there must not crash the
 // process from a worker goroutine, nor leave the journal locked and the
 // workers running when it happens on Batch's own: it is recovered and
 // recorded, the workers are cancelled, and Batch panics with it once
 // everything is cleaned up. A runtime.Goexit is recorded the same way, and
 // goes on unwinding its goroutine.
-func (b *batchRun) report(p Progress) {
+func (b *batchRun) call(p Progress) {
 	returned := false
 	defer func() {
 		if returned {

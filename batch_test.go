@@ -620,12 +620,12 @@ func TestBatchJournalCompletionOutlivesLaterFailure(t *testing.T) {
 	res, err := c.Batch(context.Background(), tasks, BatchOptions{Journal: path})
 	require.NoError(t, err)
 	require.Equal(t, StatusCompleted, res.Results[0].Status)
-	_, fps, err := c.prepareTasks(tasks, make([]TaskResult, 1))
+	p, err := c.prepareTask(0, tasks[0])
 	require.NoError(t, err)
 
 	j, _, err := journal.Open(path)
 	require.NoError(t, err)
-	require.NoError(t, j.Append(journalRecord{ID: "a", Fingerprint: fps[0], Status: StatusFailed, Error: "status code: 500"}))
+	require.NoError(t, j.Append(journalRecord{ID: "a", Fingerprint: p.fp, Status: StatusFailed, Error: "status code: 500"}))
 	require.NoError(t, j.Close())
 
 	before := srv.Stats().Requests

@@ -5,9 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"strings"
+	"sync"
 	"time"
 
 	"github.com/llmdrain/llmdrain"
+	"github.com/llmdrain/llmdrain/batchfile"
 	"github.com/llmdrain/llmdrain/llmtest"
 )
 
@@ -135,4 +138,53 @@ func ExampleClient_Batch() {
 	// completed You said: two
 	// completed You said: three
 	// 3 completed
+}
+
+// BatchSeq runs an OpenAI Batch file without holding it in memory: tasks
+// are read as slots free, and each result is written as its task ends.
+func ExampleClient_BatchSeq() {
+	srv := llmtest.NewServer()
+	defer srv.Close()
+	c, _ := llmdrain.New(llmdrain.Config{APIKey: "sk-example", BaseURL: srv.URL})
+
+	input := strings.NewReader(`{"custom_id": "a", "method": "POST", "url": "/v1/chat/completions", "body": {"messages": [{"role": "user", "content": "one"}]}}
+{"custom_id": "b", "method": "POST", "url": "/v1/chat/completions", "body": {"messages": [{"role": "user", "content": "two"}]}}
+`)
+	var mu sync.Mutex
+	answers := map[string]string{}
+	res, err := c.BatchSeq(context.Background(), batchfile.Tasks(input), llmdrain.BatchOptions{Concurrency: 2},
+		func(r llmdrain.TaskResult) error {
+			mu.Lock()
+			defer mu.Unlock()
+			answers[r.ID] = r.Text // or batchfile.ResultOf(r), written to a batchfile.Output
+			return nil
+		})
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	fmt.Println(answers["a"], "/", answers["b"])
+	fmt.Println(res.Completed, "completed")
+	// Output:
+	// You said: one / You said: two
+	// 2 completed
+}
+
+// Shards split one batch between processes: each runs the tasks whose ID
+// hashes to its index, whatever the order of the input.
+func ExampleShard() {
+	tasks := []string{"request-1", "request-2", "request-3", "request-4"}
+	for i := range 2 {
+		s := llmdrain.Shard{Index: i, Count: 2}
+		var mine []string
+		for _, id := range tasks {
+			if s.Owns(id) {
+				mine = append(mine, id)
+			}
+		}
+		fmt.Println(s, len(mine) > 0)
+	}
+	// Output:
+	// 0/2 true
+	// 1/2 true
 }

@@ -56,9 +56,14 @@ var scenarios = []struct {
 	{"storm", runStorm},
 	{"failover", runFailover},
 	{"batch", runBatch},
+	{"stream", runStream},
 }
 
 func main() {
+	if spec := os.Getenv(streamChildEnv); spec != "" {
+		streamChild(spec)
+		return
+	}
 	testing.Init() // the tracker scenario uses testing.Benchmark
 	quick := flag.Bool("quick", false, "smoke run for CI: fewer repetitions and smaller scenarios, under 30 seconds")
 	reps := flag.Int("reps", 0, "repetitions of each timed A/B comparison (0: 7, or 3 with -quick)")

@@ -57,34 +57,53 @@ type Journal struct {
 // later. If the directory cannot be synced, Open fails and leaves the file
 // empty, so that the next Open does it all again.
 func Open(path string) (*Journal, []json.RawMessage, error) {
-	return open(path, syncDir)
-}
-
-// open is Open with the directory sync as a parameter, for tests.
-func open(path string, syncDir func(dir string) error) (*Journal, []json.RawMessage, error) {
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o644)
+	var recs []json.RawMessage
+	j, err := open(path, syncDir, func(rec []byte) error {
+		recs = append(recs, json.RawMessage(bytes.Clone(rec)))
+		return nil
+	})
 	if err != nil {
 		return nil, nil, err
+	}
+	return j, recs, nil
+}
+
+// OpenEach is Open for a journal too large to hold in memory: it reads the
+// file line by line and hands each record to each, oldest first, instead
+// of returning them. The slice is valid only during the call. Records are
+// handed over as they are read, before the rest of the file is checked:
+// when OpenEach returns an error (a later line that does not parse, or
+// each's own error, returned as it is), the caller must discard what it
+// was handed. The file is then left untouched.
+func OpenEach(path string, each func(rec []byte) error) (*Journal, error) {
+	return open(path, syncDir, each)
+}
+
+// open is OpenEach with the directory sync as a parameter, for tests.
+func open(path string, syncDir func(dir string) error, each func([]byte) error) (*Journal, error) {
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o644)
+	if err != nil {
+		return nil, err
 	}
 	if err := lock(f); err != nil {
 		f.Close()
-		return nil, nil, err
+		return nil, err
 	}
-	recs, keep, err := read(f)
+	keep, err := read(f, each)
 	if err != nil {
 		unlock(f)
 		f.Close()
-		return nil, nil, fmt.Errorf("%s: %w", path, err)
+		return nil, fmt.Errorf("%s: %w", path, err)
 	}
 	if err := f.Truncate(keep); err != nil {
 		unlock(f)
 		f.Close()
-		return nil, nil, err
+		return nil, err
 	}
 	if _, err := f.Seek(keep, io.SeekStart); err != nil {
 		unlock(f)
 		f.Close()
-		return nil, nil, err
+		return nil, err
 	}
 	j := &Journal{f: f, lastSync: time.Now()}
 	if keep == 0 {
@@ -94,55 +113,69 @@ func open(path string, syncDir func(dir string) error) (*Journal, []json.RawMess
 		// completions synced into it included.
 		if _, err := f.WriteString(header + "\n"); err != nil {
 			j.Close()
-			return nil, nil, err
+			return nil, err
 		}
 		if err := f.Sync(); err != nil {
 			j.Close()
-			return nil, nil, err
+			return nil, err
 		}
 		if err := syncDir(filepath.Dir(path)); err != nil {
 			_ = f.Truncate(0)
 			j.Close()
-			return nil, nil, fmt.Errorf("syncing the directory of %s: %w", path, err)
+			return nil, fmt.Errorf("syncing the directory of %s: %w", path, err)
 		}
 	}
-	return j, recs, nil
+	return j, nil
 }
 
-// read parses the file and returns its records and the length of its
-// intact part: everything up to the last newline.
-func read(f *os.File) ([]json.RawMessage, int64, error) {
-	data, err := io.ReadAll(f)
-	if err != nil {
-		return nil, 0, err
-	}
-	if len(data) == 0 {
-		return nil, 0, nil
-	}
-	first, _, _ := bytes.Cut(data, []byte("\n"))
-	if !bytes.Equal(bytes.TrimSpace(first), []byte(header)) {
-		if len(data) < len(header) && bytes.HasPrefix([]byte(header), data) {
-			// Only a torn header was written: an empty journal.
-			return nil, 0, nil
-		}
-		return nil, 0, ErrForeign
-	}
-	intact := bytes.LastIndexByte(data, '\n') + 1
-	var recs []json.RawMessage
-	sc := bufio.NewScanner(bytes.NewReader(data[:intact]))
-	sc.Buffer(nil, len(data)+1)
-	line := 0
-	for sc.Scan() {
-		line++
-		if line == 1 || len(bytes.TrimSpace(sc.Bytes())) == 0 {
+// read parses the file, handing each record to each, and returns the
+// length of its intact part: everything up to the last newline. It reads
+// line by line: memory is bounded by the longest line, not the file.
+func read(f *os.File, each func([]byte) error) (int64, error) {
+	r := bufio.NewReaderSize(f, 64<<10)
+	var (
+		intact int64
+		line   int
+		buf    []byte
+	)
+	for {
+		chunk, err := r.ReadSlice('\n')
+		if errors.Is(err, bufio.ErrBufferFull) {
+			buf = append(buf, chunk...)
 			continue
 		}
-		if !json.Valid(sc.Bytes()) {
-			return nil, 0, fmt.Errorf("%w: line %d is not JSON", ErrForeign, line)
+		if err != nil && !errors.Is(err, io.EOF) {
+			return 0, err
 		}
-		recs = append(recs, json.RawMessage(bytes.Clone(sc.Bytes())))
+		if buf != nil {
+			chunk = append(buf, chunk...)
+			buf = nil
+		}
+		if errors.Is(err, io.EOF) {
+			// A last line without its newline is torn: dropped. So is a
+			// torn header, which leaves an empty journal.
+			if line == 0 && len(chunk) > 0 && !(len(chunk) <= len(header) && bytes.HasPrefix([]byte(header), chunk)) {
+				return 0, ErrForeign
+			}
+			return intact, nil
+		}
+		line++
+		intact += int64(len(chunk))
+		rec := bytes.TrimSpace(chunk)
+		switch {
+		case line == 1:
+			if !bytes.Equal(rec, []byte(header)) {
+				return 0, ErrForeign
+			}
+		case len(rec) == 0:
+		case !json.Valid(rec):
+			return 0, fmt.Errorf("%w: line %d is not JSON", ErrForeign, line)
+		default:
+			if err := each(rec); err != nil {
+				return 0, err
+			}
+		}
 	}
-	return recs, int64(intact), sc.Err()
 }
 
 // Append writes one record as a line. The line reaches the operating

@@ -145,13 +145,13 @@ func TestNewJournalSyncsDirectory(t *testing.T) {
 		synced = append(synced, d)
 		return nil
 	}
-	j, _, err := open(path, hook)
+	j, _, err := openRecs(t, path, hook)
 	require.NoError(t, err)
 	assert.Equal(t, []string{dir}, synced)
 	require.NoError(t, j.Append(rec{1}))
 	require.NoError(t, j.Close())
 
-	j, recs, err := open(path, hook)
+	j, recs, err := openRecs(t, path, hook)
 	require.NoError(t, err)
 	assert.Equal(t, []int{1}, decode(t, recs))
 	assert.Len(t, synced, 1, "an existing journal's directory entry is already durable")
@@ -163,14 +163,14 @@ func TestNewJournalSyncsDirectory(t *testing.T) {
 func TestDirectorySyncFailure(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "j")
 	broken := errors.New("EIO")
-	_, _, err := open(path, func(string) error { return broken })
+	_, err := open(path, func(string) error { return broken }, nopEach)
 	assert.ErrorIs(t, err, broken)
 	data, rerr := os.ReadFile(path)
 	require.NoError(t, rerr)
 	assert.Empty(t, data)
 
 	calls := 0
-	j, _, err := open(path, func(string) error { calls++; return nil })
+	j, err := open(path, func(string) error { calls++; return nil }, nopEach)
 	require.NoError(t, err, "the failed Open released its lock")
 	assert.Equal(t, 1, calls)
 	require.NoError(t, j.Close())
@@ -184,4 +184,59 @@ func TestCreateInFreshDirectory(t *testing.T) {
 	j, _, err := Open(path)
 	require.NoError(t, err)
 	require.NoError(t, j.Close())
+}
+
+func nopEach([]byte) error { return nil }
+
+// openRecs is Open with a directory sync hook.
+func openRecs(t *testing.T, path string, syncDir func(string) error) (*Journal, []json.RawMessage, error) {
+	t.Helper()
+	var recs []json.RawMessage
+	j, err := open(path, syncDir, func(rec []byte) error {
+		recs = append(recs, json.RawMessage(append([]byte(nil), rec...)))
+		return nil
+	})
+	return j, recs, err
+}
+
+// TestOpenEachStreams: OpenEach hands over every record, lines longer than
+// its read buffer included, drops a torn tail, and stops at the callback's
+// error, leaving the file untouched.
+func TestOpenEachStreams(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "j")
+	j, _, err := Open(path)
+	require.NoError(t, err)
+	long := make([]byte, 200<<10)
+	for i := range long {
+		long[i] = 'x'
+	}
+	require.NoError(t, j.Append(rec{1}))
+	require.NoError(t, j.Append(map[string]any{"n": 2, "pad": string(long)}))
+	require.NoError(t, j.Append(rec{3}))
+	require.NoError(t, j.Close())
+	f, err := os.OpenFile(path, os.O_APPEND|os.O_WRONLY, 0)
+	require.NoError(t, err)
+	_, err = f.WriteString(`{"n":4`)
+	require.NoError(t, err)
+	require.NoError(t, f.Close())
+
+	var ns []int
+	j, err = OpenEach(path, func(raw []byte) error {
+		var v rec
+		require.NoError(t, json.Unmarshal(raw, &v))
+		ns = append(ns, v.N)
+		return nil
+	})
+	require.NoError(t, err)
+	assert.Equal(t, []int{1, 2, 3}, ns)
+	require.NoError(t, j.Close())
+
+	before, err := os.ReadFile(path)
+	require.NoError(t, err)
+	stop := errors.New("stop")
+	_, err = OpenEach(path, func([]byte) error { return stop })
+	assert.ErrorIs(t, err, stop)
+	after, err := os.ReadFile(path)
+	require.NoError(t, err)
+	assert.Equal(t, before, after)
 }
