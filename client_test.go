@@ -691,7 +691,7 @@ func TestUpperCaseURLsFailOver(t *testing.T) {
 // requests made through OpenAI() that leave Model empty get Config.Model,
 // and that others are sent as they are.
 func TestOpenAIRequestsGetConfigModel(t *testing.T) {
-	srv := newServer(t)
+	srv := newServer(t, llmtest.WithModels("configured-model", "chosen-model"))
 	c := newTestClient(t, srv, Config{Model: "configured-model"})
 	ctx := context.Background()
 	oa := c.OpenAI()

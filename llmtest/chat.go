@@ -101,14 +101,13 @@ func (s *Server) serveChat(w http.ResponseWriter, r *http.Request) {
 		f = errorFault(http.StatusRequestEntityTooLarge, "Request body too large.")
 	} else if !s.authorized(r) {
 		s.countFault()
-		f = errorFault(http.StatusUnauthorized, "Incorrect API key provided.")
+		f = authFault(r)
 	} else if err := json.Unmarshal(body, &req); err != nil {
 		s.countFault()
 		f = errorFault(http.StatusBadRequest, "We could not parse the JSON body of your request: "+err.Error())
-	} else if len(req.Messages) == 0 {
-		// The real API's answer, word for word.
+	} else if bad, ok := s.validateChat(body); !ok {
 		s.countFault()
-		f = paramFault(http.StatusBadRequest, "[] is too short - 'messages'", "messages")
+		f = bad
 	} else {
 		f = s.nextFault(lastUserMessage(req), req.Stream)
 	}

@@ -180,14 +180,6 @@ func errorFault(status int, message string) Fault {
 	return Fault{kind: kindStatus, status: status, body: string(errorJSON(status, message)), hasBody: true}
 }
 
-// paramFault is the server's own 400 for a request whose param is wrong,
-// with the message the real API gives.
-func paramFault(status int, message, param string) Fault {
-	typ, code := errorKind(status)
-	body := mustJSON(apiErrorBody{Error: apiError{Message: message, Type: typ, Param: &param, Code: code}})
-	return Fault{kind: kindStatus, status: status, body: string(body), hasBody: true}
-}
-
 // succeeds reports whether f lets the request end in a full normal response.
 func (f Fault) succeeds() bool {
 	switch f.kind {

@@ -22,18 +22,15 @@ type model struct {
 	OwnedBy string `json:"owned_by"`
 }
 
-// modelIDs are the models the server lists.
-var modelIDs = []string{"gpt-4o", "gpt-4o-mini", "text-embedding-3-small"}
-
 func newModel(id string) model {
 	return model{ID: id, Object: "model", Created: modelsCreated, OwnedBy: "llmtest"}
 }
 
-// serveModels answers GET /v1/models with a short fixed list that includes
-// "gpt-4o".
+// serveModels answers GET /v1/models with the models the server serves
+// (DefaultModels unless WithModels set others).
 func (s *Server) serveModels(w http.ResponseWriter, r *http.Request) {
 	list := modelList{Object: "list"}
-	for _, id := range modelIDs {
+	for _, id := range s.listed() {
 		list.Data = append(list.Data, newModel(id))
 	}
 	if !s.wait(r.Context(), 0) {
@@ -50,7 +47,7 @@ func (s *Server) serveModel(w http.ResponseWriter, r *http.Request, id string) {
 		abort(w, false)
 		return
 	}
-	if !slices.Contains(modelIDs, id) {
+	if s.models != nil && !slices.Contains(s.models, id) {
 		code := "model_not_found"
 		msg := fmt.Sprintf("The model `%s` does not exist or you do not have access to it.", id)
 		writeBody(w, http.StatusNotFound, "application/json",
@@ -58,4 +55,12 @@ func (s *Server) serveModel(w http.ResponseWriter, r *http.Request, id string) {
 		return
 	}
 	writeBody(w, http.StatusOK, "application/json", mustJSON(newModel(id)), nil)
+}
+
+// listed are the models GET /v1/models names.
+func (s *Server) listed() []string {
+	if s.models == nil {
+		return DefaultModels
+	}
+	return s.models
 }

@@ -1,6 +1,9 @@
 package llmtest
 
-import "time"
+import (
+	"slices"
+	"time"
+)
 
 // config collects what the Options set; NewServer copies it into the Server.
 type config struct {
@@ -12,6 +15,10 @@ type config struct {
 	addr       string
 	apiKey     string
 	chaos      Chaos
+	models     []string
+	anyModel   bool
+	window     int
+	windowSet  bool
 }
 
 // Option configures a Server at construction; see NewServer.
@@ -62,4 +69,33 @@ func WithAPIKey(key string) Option {
 // requests that arrive while the script queue is empty.
 func WithChaos(c Chaos) Option {
 	return func(cfg *config) { cfg.chaos = c }
+}
+
+// DefaultModels are the models a Server serves unless WithModels says
+// otherwise: a request for any other is answered 404 model_not_found, as
+// the real API answers it.
+var DefaultModels = []string{
+	"gpt-4o", "gpt-4o-mini", "gpt-4.1", "gpt-4.1-mini", "gpt-4.1-nano", "o3-mini", "o4-mini",
+	"gpt-3.5-turbo", "text-embedding-3-small", "text-embedding-3-large", "text-embedding-ada-002",
+}
+
+// DefaultContextWindow is the context window, in tokens, unless
+// WithContextWindow says otherwise: gpt-4o's. The server counts a word as
+// a token.
+const DefaultContextWindow = 128000
+
+// WithModels sets the models the server serves and lists in GET
+// /v1/models, instead of DefaultModels. With no ids it serves any model
+// name, and lists DefaultModels.
+func WithModels(ids ...string) Option {
+	return func(c *config) { c.models, c.anyModel = slices.Clone(ids), len(ids) == 0 }
+}
+
+// WithContextWindow sets the context window in tokens (words, here): a
+// chat request whose messages plus its max_completion_tokens (or
+// max_tokens) exceed it is answered 400 with code
+// "context_length_exceeded", as the real API answers it. 0 means no
+// limit. The default is DefaultContextWindow.
+func WithContextWindow(tokens int) Option {
+	return func(c *config) { c.window, c.windowSet = max(tokens, 0), true }
 }

@@ -26,6 +26,10 @@ type Server struct {
 	apiKey     string
 	chunkDelay time.Duration
 	chaos      Chaos
+	// models are the models served; nil: any. contextWindow bounds a
+	// request's tokens; 0: no bound.
+	models        []string
+	contextWindow int
 
 	http     *http.Server
 	ctx      context.Context // parent of every request context; cancelled by Close
@@ -67,22 +71,30 @@ func NewServer(opts ...Option) *Server {
 		panic(fmt.Sprintf("llmtest: failed to listen on %s: %v", cfg.addr, err))
 	}
 
+	if cfg.models == nil && !cfg.anyModel {
+		cfg.models = DefaultModels
+	}
+	if !cfg.windowSet {
+		cfg.window = DefaultContextWindow
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &Server{
-		URL:        "http://" + ln.Addr().String() + "/v1",
-		apiKey:     cfg.apiKey,
-		chunkDelay: cfg.chunkDelay,
-		chaos:      cfg.chaos,
-		ctx:        ctx,
-		cancel:     cancel,
-		served:     make(chan struct{}),
-		live:       make(map[net.Conn]struct{}),
-		latency:    cfg.latency,
-		jitter:     cfg.jitter,
-		chaosRNG:   rand.New(rand.NewPCG(uint64(cfg.seed), 1)),
-		jitterRNG:  rand.New(rand.NewPCG(uint64(cfg.seed), 2)),
-		completed:  make(map[string]int),
-		history:    make(map[string][]Exchange),
+		models:        cfg.models,
+		contextWindow: cfg.window,
+		URL:           "http://" + ln.Addr().String() + "/v1",
+		apiKey:        cfg.apiKey,
+		chunkDelay:    cfg.chunkDelay,
+		chaos:         cfg.chaos,
+		ctx:           ctx,
+		cancel:        cancel,
+		served:        make(chan struct{}),
+		live:          make(map[net.Conn]struct{}),
+		latency:       cfg.latency,
+		jitter:        cfg.jitter,
+		chaosRNG:      rand.New(rand.NewPCG(uint64(cfg.seed), 1)),
+		jitterRNG:     rand.New(rand.NewPCG(uint64(cfg.seed), 2)),
+		completed:     make(map[string]int),
+		history:       make(map[string][]Exchange),
 	}
 	s.http = &http.Server{
 		Handler:     http.HandlerFunc(s.route),
@@ -154,7 +166,9 @@ func (s *Server) route(w http.ResponseWriter, r *http.Request) {
 	}
 	s.countOther()
 	if !s.authorized(r) {
-		s.respondAPIError(w, r, http.StatusUnauthorized, "Incorrect API key provided.")
+		if s.wait(r.Context(), 0) {
+			respondFault(w, authFault(r))
+		}
 		return
 	}
 	if id, ok := strings.CutPrefix(r.URL.Path, "/v1/models/"); ok && id != "" {

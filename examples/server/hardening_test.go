@@ -222,7 +222,7 @@ func TestChunkedClientHangUpCancelsCall(t *testing.T) {
 // dropped at WRITE_TIMEOUT and its LLM call cancelled, instead of pinning
 // the handler and the call until the drain's deadline.
 func TestStalledStreamReaderDropped(t *testing.T) {
-	srv, env := upstream(t)
+	srv, env := upstream(t, llmtest.WithContextWindow(0))
 	p, addr := startServer(t, append(env, "WRITE_TIMEOUT=300ms", "MAX_OUTPUT_TOKENS=1000000", "MAX_BODY_BYTES=2000000", "DRAIN_TIMEOUT=30s")...)
 	// An answer longer than the socket buffers on both ends can hold
 	// (several MB on loopback), and a client socket with a small receive
@@ -355,7 +355,7 @@ func TestMemoryBoundedUnderAttack(t *testing.T) {
 
 	// The embedded fake LLM, echoing five 900 KB prompts as streams.
 	off := proctest.Start(t, bin, []string{"ADDR=127.0.0.1:0", "MAX_BODY_BYTES=1000000", "MAX_OUTPUT_TOKENS=10000000",
-		"FAKE_LLM_LATENCY=0s", "FAKE_LLM_CHUNK_DELAY=0s"})
+		"FAKE_LLM_LATENCY=0s", "FAKE_LLM_CHUNK_DELAY=0s", "FAKE_LLM_CONTEXT_WINDOW=0"})
 	offAddr := listenAddr(t, off)
 	big := strings.Repeat("b ", 450<<10)
 	var streams sync.WaitGroup

@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"net/url"
 	"os"
+	"strconv"
 	"time"
 
 	"github.com/llmdrain/llmdrain"
@@ -26,6 +27,10 @@ const (
 	EnvLatency = "FAKE_LLM_LATENCY"
 	// EnvChunkDelay is the fake LLM's delay between streamed words.
 	EnvChunkDelay = "FAKE_LLM_CHUNK_DELAY"
+	// EnvContextWindow is the fake LLM's context window in tokens (words):
+	// longer requests are answered 400 context_length_exceeded, as by the
+	// real API. 0 means no limit; unset, llmtest.DefaultContextWindow.
+	EnvContextWindow = "FAKE_LLM_CONTEXT_WINDOW"
 )
 
 // placeholderKey is what the client sends to the embedded fake LLM, which
@@ -64,11 +69,19 @@ func Open(fake Fake) (*Backend, error) {
 	if err != nil {
 		return nil, err
 	}
-	srv := llmtest.NewServer(
+	opts := []llmtest.Option{
 		llmtest.WithLatency(latency),
 		llmtest.WithJitter(0.2),
 		llmtest.WithChunkDelay(chunkDelay),
-	)
+	}
+	if v := os.Getenv(EnvContextWindow); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 0 {
+			return nil, fmt.Errorf("%s=%q: want a whole number of tokens, 0 for no limit", EnvContextWindow, v)
+		}
+		opts = append(opts, llmtest.WithContextWindow(n))
+	}
+	srv := llmtest.NewServer(opts...)
 	return &Backend{
 		Config: llmdrain.Config{APIKey: placeholderKey, BaseURL: srv.URL},
 		Fake:   srv,
