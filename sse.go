@@ -4,9 +4,12 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"maps"
 	"slices"
+
+	"github.com/llmdrain/llmdrain/internal/watchdog"
 )
 
 // maxDoneLine bounds the bytes kept of one line. A "data: [DONE]" line is 12
@@ -15,14 +18,25 @@ import (
 const maxDoneLine = 256
 
 // sseWatcher watches the bytes of a server-sent-event stream go by, over
-// arbitrary chunk boundaries, and records whether a "data: [DONE]" line has
-// been seen. It matches the line exactly as go-openai's stream reader does:
+// arbitrary chunk boundaries. It records whether a "data: [DONE]" line has
+// been seen, matching the line exactly as go-openai's stream reader does:
 // lines end at '\n', surrounding space is trimmed, then "data:", optional
-// space, and "[DONE]".
+// space, and "[DONE]". It kicks the stream's idle watchdog at each data
+// line, and follows whether the last event that says so carried a
+// finish_reason: a chat stream that ends cleanly after one is complete,
+// even without [DONE], as several providers end theirs.
 type sseWatcher struct {
 	line     []byte // start of the current line, at most maxDoneLine bytes
 	overflow bool   // the current line is too long to be [DONE]
 	done     bool
+	// mustEnd: a chat or completions stream, which must end with [DONE]
+	// or after a finish_reason to be complete.
+	mustEnd bool
+	// finished: the last data event with a "finish_reason" had one set;
+	// events without the key (a usage chunk) leave it as it is.
+	finished bool
+	fin      finishScan         // the current line's finish_reason values
+	wd       *watchdog.Watchdog // kicked at each data line; nil: none
 }
 
 func (w *sseWatcher) Write(p []byte) {
@@ -33,23 +47,106 @@ func (w *sseWatcher) Write(p []byte) {
 			return
 		}
 		w.keep(p[:i])
-		if !w.overflow && isDoneLine(w.line) {
-			w.done = true
-		}
-		w.line, w.overflow = w.line[:0], false
+		w.endLine()
 		p = p[i+1:]
 	}
 }
 
+// endLine judges the line that just ended.
+func (w *sseWatcher) endLine() {
+	if _, isData := cutData(bytes.TrimLeft(w.line, " \t\r\n\v\f")); isData {
+		w.wd.Kick()
+		switch {
+		case !w.overflow && isDoneLine(w.line):
+			w.done = true
+		case w.fin.null:
+			w.finished = false
+		case w.fin.set:
+			w.finished = true
+		}
+	}
+	w.line, w.overflow, w.fin = w.line[:0], false, finishScan{}
+}
+
 func (w *sseWatcher) keep(p []byte) {
+	w.fin.scan(p)
 	if w.overflow {
 		return
 	}
-	if len(w.line)+len(p) > maxDoneLine {
+	if room := maxDoneLine - len(w.line); len(p) > room {
+		w.line = append(w.line, p[:room]...)
 		w.overflow = true
 		return
 	}
 	w.line = append(w.line, p...)
+}
+
+// finishKey is how a finish_reason key starts in JSON.
+var finishKey = []byte(`"finish_reason"`)
+
+// finishWindow is how much of a line finishScan carries over a chunk
+// boundary: a finish_reason key and the start of its value, with a little
+// space around its colon. One padded with more is not seen, and its stream
+// is reported truncated if it has no [DONE], the safe direction.
+const finishWindow = 40
+
+// finishScan finds the finish_reason values of one line fed to it in
+// pieces, cheaply: bytes.Index for the key, the value judged by its first
+// bytes. A key inside a JSON string is preceded by a backslash (its quote
+// is escaped) and is skipped.
+type finishScan struct {
+	set, null bool // a value that is a non-empty string; one that is null or ""
+	carry     [finishWindow]byte
+	n         int // carry[:n] is the end of what came before
+}
+
+func (f *finishScan) scan(p []byte) {
+	if f.n > 0 {
+		// Across the boundary: the carry and the start of p.
+		var joint [2 * finishWindow]byte
+		k := copy(joint[:], f.carry[:f.n])
+		k += copy(joint[k:], p[:min(len(p), finishWindow)])
+		f.find(joint[:k])
+	}
+	f.find(p)
+	if len(p) >= finishWindow {
+		f.n = copy(f.carry[:], p[len(p)-finishWindow:])
+		return
+	}
+	// Keep the last finishWindow bytes of carry and p.
+	keep := min(f.n, finishWindow-len(p))
+	copy(f.carry[:], f.carry[f.n-keep:f.n])
+	f.n = keep + copy(f.carry[keep:], p)
+}
+
+func (f *finishScan) find(b []byte) {
+	for off := 0; ; {
+		i := bytes.Index(b[off:], finishKey)
+		if i < 0 {
+			return
+		}
+		i += off
+		off = i + len(finishKey)
+		if i > 0 && b[i-1] == '\\' {
+			continue
+		}
+		j := skipJSONSpace(b, off)
+		if j >= len(b) || b[j] != ':' {
+			continue
+		}
+		j = skipJSONSpace(b, j+1)
+		switch {
+		case j >= len(b): // the value is in what comes next
+		case b[j] == 'n':
+			f.null = true
+		case b[j] == '"' && j+1 < len(b):
+			if b[j+1] == '"' {
+				f.null = true
+			} else {
+				f.set = true
+			}
+		}
+	}
 }
 
 // isDoneLine mirrors go-openai: bytes.TrimSpace, then the regexp `^data:\s*`
@@ -87,8 +184,11 @@ type sseScrubber struct {
 	out     []byte // to return next
 	pending []byte // to return after out: a line's replacement
 	err     error  // rc's, returned once buf is passed on
-	long    int    // longNone, or how the current line, too long to hold, is passed on
-	errs    sseErrors
+	// malformed: a data line that is not JSON was met; the stream ends
+	// before it with ErrMalformedEvent.
+	malformed bool
+	long      int // longNone, or how the current line, too long to hold, is passed on
+	errs      sseErrors
 }
 
 const (
@@ -169,6 +269,11 @@ func (s *sseScrubber) passLines() []byte {
 		line := s.buf[s.r:end]
 		s.r, s.scanned = end, end
 		if repl, changed := s.line(line); changed {
+			if s.malformed {
+				// The stream ends before this line, with its error.
+				s.err, s.r, s.scanned = ErrMalformedEvent, s.w, s.w
+				return s.scrubRun(s.buf[start : end-len(line)])
+			}
 			if before := end - len(line); before > start {
 				s.pending = repl
 				return s.scrubRun(s.buf[start:before])
@@ -197,6 +302,11 @@ func (s *sseScrubber) line(line []byte) ([]byte, bool) {
 	if isData && !isErr {
 		// A chunk or [DONE]: go-openai decodes it into the answer, never
 		// into an error. Its bytes are scrubbed with the run it is in.
+		// A chunk that is no JSON would be a hole in the answer.
+		if !json.Valid(payload) && !bytes.Equal(payload, doneEvent) {
+			s.malformed = true
+			return nil, true
+		}
 		return nil, false
 	}
 	if !isData {
@@ -286,6 +396,19 @@ func scrubHold(seg, key []byte, last bool) ([]byte, int) {
 	h := hold(seg)
 	return append(out, seg[:len(seg)-h]...), h
 }
+
+// doneEvent is the payload of the data line that ends a chat stream.
+var doneEvent = []byte("[DONE]")
+
+// ErrMalformedEvent is the error, matched with errors.Is, that reading a
+// successful stream returns in place of a data event that is not JSON, as
+// a provider's encoder or a proxy cutting a line in two may send. The
+// stream ends there and its call is released: an event lost is a hole in
+// the answer, which must not pass for complete (go-openai alone would
+// return a JSON syntax error for the event and read on). It also matches
+// io.ErrUnexpectedEOF: the answer is incomplete. A line longer than
+// 1 MiB is passed on unchecked.
+var ErrMalformedEvent = fmt.Errorf("llmdrain: malformed event in stream: %w", io.ErrUnexpectedEOF)
 
 // errorEvent starts the payload of a data line go-openai reads as an error.
 var errorEvent = []byte(`{"error":`)
