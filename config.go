@@ -109,14 +109,17 @@ type Config struct {
 	// so a slow upload is not cut. An attempt that times out so is tried
 	// on the next endpoint rather than the same one; when none is left,
 	// the call's error matches context.DeadlineExceeded. It never cuts a
-	// stream after its first event nor a body after its headers. 0 means
+	// stream after its first event nor a body after its headers. Like
+	// StreamIdleTimeout it is noticed within a quarter more. 0 means
 	// DefaultFirstTokenTimeout (60 s); a negative value means no bound.
 	FirstTokenTimeout time.Duration
 	// StreamIdleTimeout bounds the gap between two data events of a
-	// successful stream, once its first has arrived: a longer silence
-	// ends the stream with an error matching ErrStreamStalled (and
+	// successful stream, once its first has arrived, while the stream is
+	// being read: a longer silence (noticed within a quarter more) ends
+	// the stream with an error matching ErrStreamStalled (and
 	// io.ErrUnexpectedEOF), releasing the call. Comment lines and
-	// keep-alives do not count as events. 0 means
+	// keep-alives do not count as events; a caller busy between two Recv
+	// is not taken for a stalled server. 0 means
 	// DefaultStreamIdleTimeout (60 s); a negative value means no bound.
 	StreamIdleTimeout time.Duration
 	// HTTPClient supplies the base transport (its Transport, or

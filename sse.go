@@ -54,7 +54,7 @@ func (w *sseWatcher) Write(p []byte) {
 
 // endLine judges the line that just ended.
 func (w *sseWatcher) endLine() {
-	if _, isData := cutData(bytes.TrimLeft(w.line, " \t\r\n\v\f")); isData {
+	if isDataLine(w.line) {
 		w.wd.Kick()
 		switch {
 		case !w.overflow && isDoneLine(w.line):
@@ -66,6 +66,16 @@ func (w *sseWatcher) endLine() {
 		}
 	}
 	w.line, w.overflow, w.fin = w.line[:0], false, finishScan{}
+}
+
+// isDataLine reports whether a line starting with head is a data line, as
+// go-openai tells them: space trimmed, then "data:".
+func isDataLine(head []byte) bool {
+	i := 0
+	for i < len(head) && (head[i] == ' ' || head[i] == '\t' || head[i] == '\r' || head[i] == '\n' || head[i] == '\v' || head[i] == '\f') {
+		i++
+	}
+	return bytes.HasPrefix(head[i:], []byte("data:"))
 }
 
 func (w *sseWatcher) keep(p []byte) {
@@ -81,8 +91,9 @@ func (w *sseWatcher) keep(p []byte) {
 	w.line = append(w.line, p...)
 }
 
-// finishKey is how a finish_reason key starts in JSON.
-var finishKey = []byte(`"finish_reason"`)
+// finishKey is a finish_reason key in JSON but for its opening quote:
+// searched from its 'f', as a search from '"' would stop at every string.
+var finishKey = []byte(`finish_reason"`)
 
 // finishWindow is how much of a line finishScan carries over a chunk
 // boundary: a finish_reason key and the start of its value, with a little
@@ -127,8 +138,8 @@ func (f *finishScan) find(b []byte) {
 		}
 		i += off
 		off = i + len(finishKey)
-		if i > 0 && b[i-1] == '\\' {
-			continue
+		if i == 0 || b[i-1] != '"' || (i > 1 && b[i-2] == '\\') {
+			continue // no key, or one cut at the boundary, or in a string
 		}
 		j := skipJSONSpace(b, off)
 		if j >= len(b) || b[j] != ':' {
@@ -152,7 +163,11 @@ func (f *finishScan) find(b []byte) {
 // isDoneLine mirrors go-openai: bytes.TrimSpace, then the regexp `^data:\s*`
 // removed, then a comparison with "[DONE]". RE2's \s is [\t\n\f\r ].
 func isDoneLine(line []byte) bool {
-	rest, ok := bytes.CutPrefix(bytes.TrimSpace(line), []byte("data:"))
+	line = bytes.TrimSpace(line)
+	if !bytes.HasSuffix(line, doneEvent) {
+		return false // every chunk, told cheaply
+	}
+	rest, ok := bytes.CutPrefix(line, []byte("data:"))
 	return ok && bytes.Equal(bytes.TrimLeft(rest, "\t\n\f\r "), []byte("[DONE]"))
 }
 
@@ -302,8 +317,8 @@ func (s *sseScrubber) line(line []byte) ([]byte, bool) {
 	if isData && !isErr {
 		// A chunk or [DONE]: go-openai decodes it into the answer, never
 		// into an error. Its bytes are scrubbed with the run it is in.
-		// A chunk that is no JSON would be a hole in the answer.
-		if !json.Valid(payload) && !bytes.Equal(payload, doneEvent) {
+		// A chunk that is no JSON object would be a hole in the answer.
+		if !objectShaped(payload) && !bytes.Equal(payload, doneEvent) {
 			s.malformed = true
 			return nil, true
 		}
@@ -397,12 +412,22 @@ func scrubHold(seg, key []byte, last bool) ([]byte, int) {
 	return append(out, seg[:len(seg)-h]...), h
 }
 
+// objectShaped reports whether payload has the shape of a JSON object, a
+// '{' to a '}': what tells a chunk cut short (by a provider's encoder, a
+// proxy splitting a line) in O(1), where validating every chunk would cost
+// more than all the rest of the body's work. Damage inside an object is
+// left to go-openai's decoder.
+func objectShaped(payload []byte) bool {
+	return len(payload) >= 2 && payload[0] == '{' && payload[len(payload)-1] == '}'
+}
+
 // doneEvent is the payload of the data line that ends a chat stream.
 var doneEvent = []byte("[DONE]")
 
 // ErrMalformedEvent is the error, matched with errors.Is, that reading a
-// successful stream returns in place of a data event that is not JSON, as
-// a provider's encoder or a proxy cutting a line in two may send. The
+// successful stream returns in place of a data event that is not a JSON
+// object ('{' to '}'), as a provider's encoder or a proxy cutting a line
+// in two may send. The
 // stream ends there and its call is released: an event lost is a hole in
 // the answer, which must not pass for complete (go-openai alone would
 // return a JSON syntax error for the event and read on). It also matches

@@ -1,11 +1,12 @@
 // Package watchdog calls a func once a span of time has passed without the
 // progress it is told of, as a stream's idle timeout needs: each Kick
-// counts as progress, and the time is measured from the last one.
+// counts as progress.
 //
-// Kicks are cheap (one clock read and one atomic store, no timer touched):
-// the timer is set once per limit, and when it fires it looks at the last
-// kick, re-arming itself for what is left if there was progress since. A
-// nil *Watchdog is off: every method does nothing.
+// Kicks are as cheap as can be, one atomic store, no clock read and no
+// timer touched: they come with every event of a stream. The timer ticks
+// four times per limit instead, and the func is called at the first tick
+// that ends four quiet quarters in a row: between limit and 1.25 × limit
+// after the last kick. A nil *Watchdog is off: every method does nothing.
 package watchdog
 
 import (
@@ -14,11 +15,9 @@ import (
 	"time"
 )
 
-// Clock is what a Watchdog reads the time from and sets its timer with.
-// Real is the system's; tests inject a fake to fire timers without
-// sleeping.
+// Clock is what a Watchdog sets its timer with. Real is the system's;
+// tests inject a fake to fire timers without sleeping.
 type Clock interface {
-	Now() time.Time
 	AfterFunc(d time.Duration, f func()) Timer
 }
 
@@ -33,22 +32,19 @@ var Real Clock = realClock{}
 
 type realClock struct{}
 
-func (realClock) Now() time.Time { return time.Now() }
-
 func (realClock) AfterFunc(d time.Duration, f func()) Timer { return time.AfterFunc(d, f) }
 
-// Watchdog calls its func once, when its limit has passed since it was
-// started, re-armed or last kicked, unless it was stopped first. The func
-// may decline, returning false, when the silence is not the watched
-// side's (a reader that was not waiting): the limit then counts again
-// from then, as after a kick.
+// Watchdog calls its func once, when its limit (up to a quarter more) has
+// passed since it was started, re-armed or last kicked, unless it was
+// stopped first. The func may decline, returning false, when the silence
+// is not the watched side's (a reader that was not waiting): the limit
+// then counts again from then, as after a kick.
 type Watchdog struct {
-	clock Clock
-	base  time.Time
-	last  atomic.Int64 // the last kick (or start), in ns since base
+	kicked atomic.Bool // since the last tick
 
 	mu    sync.Mutex
 	limit time.Duration
+	quiet int // ticks in a row without a kick
 	fire  func() bool
 	timer Timer
 	state int // running, stopped or fired
@@ -60,20 +56,25 @@ const (
 	fired
 )
 
+// ticks is how many times the timer ticks per limit.
+const ticks = 4
+
 // Start returns a running Watchdog that calls fire, on a goroutine of its
 // own, once limit has passed without a Kick. limit must be positive.
 func Start(clock Clock, limit time.Duration, fire func() bool) *Watchdog {
-	w := &Watchdog{clock: clock, base: clock.Now(), limit: limit, fire: fire}
+	w := &Watchdog{limit: limit, fire: fire}
 	w.mu.Lock()
-	w.timer = clock.AfterFunc(limit, w.expire)
+	w.timer = clock.AfterFunc(tick(limit), w.expire)
 	w.mu.Unlock()
 	return w
 }
 
-// Kick records progress: the limit counts again from now.
+func tick(limit time.Duration) time.Duration { return max(limit/ticks, 1) }
+
+// Kick records progress: the limit counts again from about now.
 func (w *Watchdog) Kick() {
-	if w != nil {
-		w.last.Store(int64(w.clock.Now().Sub(w.base)))
+	if w != nil && !w.kicked.Load() {
+		w.kicked.Store(true)
 	}
 }
 
@@ -89,9 +90,9 @@ func (w *Watchdog) Rearm(limit time.Duration, fire func() bool) bool {
 	if w.state != running {
 		return false
 	}
-	w.limit, w.fire = limit, fire
-	w.last.Store(int64(w.clock.Now().Sub(w.base)))
-	w.timer.Reset(limit)
+	w.limit, w.fire, w.quiet = limit, fire, 0
+	w.kicked.Store(false)
+	w.timer.Reset(tick(limit))
 	return true
 }
 
@@ -123,27 +124,29 @@ func (w *Watchdog) Fired() bool {
 	return w.state == fired
 }
 
-// expire runs when the timer fires: the func if the limit has passed since
-// the last kick, else the timer again for what is left.
+// expire runs at each tick: the func if the limit has passed without a
+// kick, else the timer again.
 func (w *Watchdog) expire() {
 	w.mu.Lock()
+	defer w.mu.Unlock()
 	if w.state != running {
-		w.mu.Unlock()
 		return
 	}
-	idle := w.clock.Now().Sub(w.base) - time.Duration(w.last.Load())
-	if left := w.limit - idle; left > 0 {
-		w.timer.Reset(left)
-		w.mu.Unlock()
+	if w.kicked.Swap(false) {
+		w.quiet = 0
+	} else {
+		w.quiet++
+	}
+	if w.quiet < ticks {
+		w.timer.Reset(tick(w.limit))
 		return
 	}
 	// Called under the lock, so that Stop, Rearm and Fired wait for its
 	// verdict: fire must be quick and must not call the Watchdog.
 	if w.fire() {
 		w.state = fired
-	} else {
-		w.last.Store(int64(w.clock.Now().Sub(w.base)))
-		w.timer.Reset(w.limit)
+		return
 	}
-	w.mu.Unlock()
+	w.quiet = 0
+	w.timer.Reset(tick(w.limit))
 }
