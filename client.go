@@ -261,21 +261,26 @@ func (c *Client) CreateChatCompletion(ctx context.Context, req openai.ChatComple
 }
 
 // CreateChatCompletionStream is go-openai's CreateChatCompletionStream,
-// tracked and retried until the first byte of the body: a 2xx answer whose
-// body ends, fails or (with Config.AttemptTimeout) stalls before its first
-// byte is retried like a connection error; once a byte has arrived nothing
-// is replayed. The call stays in flight, holding any drain, until the
+// tracked and retried until the first event of the body: a 2xx answer
+// whose body ends, fails or stalls (Config.FirstTokenTimeout, and
+// AttemptTimeout if set) before its first data event is retried like a
+// connection error; comments and keep-alives before it do not count, and
+// reach go-openai with the rest. Once an event has arrived nothing is
+// replayed. The call stays in flight, holding any drain, until the
 // stream is closed, its "data: [DONE]" event has been received, or its
-// body has ended, so always Close it. (go-openai buffers what it receives:
-// events already received may still be returned by Recv after the call
-// stopped counting.)
+// body has ended, so always Close it. (go-openai buffers what it
+// receives: events already received may still be returned by Recv after
+// the call stopped counting.)
 //
-// A stream that ends without the API's terminating "data: [DONE]" event (a
-// connection cut mid-answer, or a 2xx answer that was no stream at all)
-// makes Recv return an error matching io.ErrUnexpectedEOF rather than
-// io.EOF, so a truncated answer is never taken for a complete one. A
-// redirect that was not followed (see ErrNotAStream) makes Recv return an
-// error matching ErrNotAStream.
+// A stream that ends without the API's terminating "data: [DONE]" event,
+// and not cleanly after an event carrying a finish_reason (a connection
+// cut mid-answer, or a 2xx answer that was no stream at all), makes Recv
+// return an error matching io.ErrUnexpectedEOF rather than io.EOF, so a
+// truncated answer is never taken for a complete one. So do a silence
+// between events longer than Config.StreamIdleTimeout (ErrStreamStalled)
+// and a data event that is not a JSON object (ErrMalformedEvent); both end
+// the stream and release its call. A redirect that was not followed (see
+// ErrNotAStream) makes Recv return an error matching ErrNotAStream.
 func (c *Client) CreateChatCompletionStream(ctx context.Context, req openai.ChatCompletionRequest) (*openai.ChatCompletionStream, error) {
 	if req.Model == "" {
 		req.Model = c.model
