@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"slices"
 	"strings"
+	"sync/atomic"
 )
 
 // drainLimit bounds how much of a failed response is read before retrying,
@@ -51,30 +52,77 @@ const peekSize = 512
 // bufio does, so a broken reader cannot spin the attempt.
 const maxEmptyReads = 100
 
-// errNoFirstByte is the error of a 2xx stream whose body ended before its
-// first byte: no answer was received, so the attempt failed.
-var errNoFirstByte = errors.New("llmdrain: stream ended before its first byte")
+// maxPeek bounds what is read of a stream in search of its first event:
+// past it, what came (comments, keep-alives, blank lines) is handed over as
+// it is, and the stream's idle watchdog bounds the rest.
+const maxPeek = 64 << 10
 
-// peekFirstByte waits for a stream's first bytes, so that a stream cut or
-// stalled before any arrived is a failed attempt, and keeps them in front
-// of the rest of resp.Body.
-func peekFirstByte(resp *http.Response) error {
-	head := make([]byte, peekSize)
-	for range maxEmptyReads {
-		n, err := resp.Body.Read(head)
-		if n > 0 {
-			resp.Body = &bufferedBody{b: head[:n], rc: resp.Body, tailErr: err}
+// errNoFirstEvent is the error of a 2xx stream whose body ended before its
+// first event: no answer was received, so the attempt failed.
+var errNoFirstEvent = errors.New("llmdrain: stream ended before its first event")
+
+// peekFirstEvent waits for a stream's first event, so that a stream cut or
+// stalled before one arrived is a failed attempt, and keeps what it read
+// in front of the rest of resp.Body. An event is a line that is not SSE
+// filler: a data line, or anything no SSE stream sends (an error envelope
+// sent as JSON, a page), which go-openai is left to report. Comments
+// (keep-alives), blank lines and event:, id: and retry: fields are filler.
+func peekFirstEvent(resp *http.Response) error {
+	buf := make([]byte, 0, peekSize)
+	scanned := 0 // buf[:scanned] is whole lines of filler
+	for empty := 0; ; {
+		if len(buf) == cap(buf) {
+			buf = slices.Grow(buf, len(buf))
+		}
+		n, err := resp.Body.Read(buf[len(buf):cap(buf)])
+		buf = buf[:len(buf)+n]
+		for {
+			i := bytes.IndexByte(buf[scanned:], '\n')
+			if i < 0 {
+				break
+			}
+			if !sseFiller(buf[scanned : scanned+i]) {
+				resp.Body = &bufferedBody{b: buf, rc: resp.Body, tailErr: err}
+				return nil
+			}
+			scanned += i + 1
+		}
+		switch {
+		case err == io.EOF && !sseFiller(buf[scanned:]):
+			// An unterminated last line, go-openai's to judge.
+			resp.Body = &bufferedBody{b: buf, rc: resp.Body, tailErr: err}
 			return nil
-		}
-		if err == io.EOF {
-			return fmt.Errorf("%w: %w", errNoFirstByte, io.ErrUnexpectedEOF)
-		}
-		if err != nil {
-			return fmt.Errorf("%w: %w", errNoFirstByte, err)
+		case err == io.EOF:
+			return fmt.Errorf("%w: %w", errNoFirstEvent, io.ErrUnexpectedEOF)
+		case err != nil:
+			return fmt.Errorf("%w: %w", errNoFirstEvent, err)
+		case len(buf) >= maxPeek:
+			resp.Body = &bufferedBody{b: buf, rc: resp.Body}
+			return nil
+		case n == 0:
+			if empty++; empty == maxEmptyReads {
+				return fmt.Errorf("%w: %w", errNoFirstEvent, io.ErrNoProgress)
+			}
 		}
 	}
-	return fmt.Errorf("%w: %w", errNoFirstByte, io.ErrNoProgress)
 }
+
+// sseFiller reports whether line (without its '\n') carries no event: it
+// is blank, a comment, or an event:, id: or retry: field.
+func sseFiller(line []byte) bool {
+	line = bytes.TrimSpace(line)
+	if len(line) == 0 || line[0] == ':' {
+		return true
+	}
+	for _, f := range sseFields {
+		if bytes.HasPrefix(line, f) {
+			return true
+		}
+	}
+	return false
+}
+
+var sseFields = [][]byte{[]byte("event:"), []byte("id:"), []byte("retry:")}
 
 // readWhole reads a successful JSON body into memory, up to maxWholeBody
 // bytes, so that a body cut or stalled is a failed attempt; past the bound
@@ -168,13 +216,18 @@ func endsWithDone(path string) bool {
 }
 
 // trackedBody is the body of the response a call hands over. It keeps the
-// call in flight until it is closed or read to its end (for a chat or
-// completion stream, to its [DONE] event, after which it reads as ended),
-// and turns a stream that ends without [DONE] into io.ErrUnexpectedEOF.
+// call in flight until it is closed or read to its end (for a stream, to
+// its [DONE] event, after which it reads as ended), turns a chat or
+// completion stream that ends without [DONE] or a finish_reason into
+// io.ErrUnexpectedEOF, and one whose idle watchdog fired into
+// ErrStreamStalled.
 type trackedBody struct {
 	c   *call
 	rc  io.ReadCloser
-	sse *sseWatcher // nil unless a chat or completions stream
+	sse *sseWatcher // nil unless a successful stream
+	// reading is set while a Read waits on rc: the stream's idle
+	// watchdog cuts only a reader that waits.
+	reading atomic.Bool
 	// env wraps rc on a successful JSON answer; kept here, not allocated
 	// on its own, as it is on the path of every plain call.
 	env envelopeBody
@@ -186,7 +239,9 @@ func (b *trackedBody) Read(p []byte) (int, error) {
 		// call's context, which the connection hangs on, has ended.
 		return 0, io.EOF
 	}
+	b.reading.Store(true)
 	n, err := b.rc.Read(p)
+	b.reading.Store(false)
 	if b.sse != nil {
 		b.sse.Write(p[:n])
 		if b.sse.done && err == nil {
@@ -200,13 +255,13 @@ func (b *trackedBody) Read(p []byte) (int, error) {
 	case err == nil:
 		return n, nil
 	case err == io.EOF:
-		if b.sse != nil && !b.sse.done {
+		if b.sse != nil && b.sse.mustEnd && !b.sse.done && !b.sse.finished {
 			err = errTruncated
 		}
-	default:
-		if b.c.ctx.Err() != nil {
-			err = callError(b.c.ctx, err)
-		}
+	case b.c.ctx.Err() != nil:
+		err = callError(b.c.ctx, err)
+	case b.sse != nil && b.c.wd.Fired():
+		err = fmt.Errorf("%w: no event for %v", ErrStreamStalled, b.c.t.idleTimeout)
 	}
 	b.c.release()
 	return n, err
@@ -219,9 +274,18 @@ func (b *trackedBody) Close() error {
 }
 
 // errTruncated is what reading a chat stream returns when the connection
-// ended before the terminating "data: [DONE]" event: without it a cut-off
-// stream would look like a finished one.
-var errTruncated = fmt.Errorf("llmdrain: stream ended without [DONE]: %w", io.ErrUnexpectedEOF)
+// ended before the terminating "data: [DONE]" event and after no event
+// with a finish_reason: without it a cut-off stream would look like a
+// finished one.
+var errTruncated = fmt.Errorf("llmdrain: stream ended without [DONE] or a finish_reason: %w", io.ErrUnexpectedEOF)
+
+// ErrStreamStalled is the error, matched with errors.Is, that reading a
+// successful stream returns when no event came for longer than
+// Config.StreamIdleTimeout while the stream was being read; comment lines
+// and keep-alives do not count as events. The stream ends there and its
+// call is released. It also matches io.ErrUnexpectedEOF: the answer is
+// incomplete.
+var ErrStreamStalled = fmt.Errorf("llmdrain: stream stalled: %w", io.ErrUnexpectedEOF)
 
 // readBounded reads rc to its end if that is at most limit bytes away, and
 // reports whether it was not: then b holds what was read, one byte more

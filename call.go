@@ -13,6 +13,8 @@ import (
 
 	"github.com/cenkalti/backoff/v4"
 	"golang.org/x/sync/semaphore"
+
+	"github.com/llmdrain/llmdrain/internal/watchdog"
 )
 
 // call is one request through the transport, from RoundTrip until its
@@ -27,7 +29,7 @@ type call struct {
 	// What the call holds; release gives it back, once.
 	done     func()              // the Tracker's
 	sem      *semaphore.Weighted // nil: no slot held
-	end      func()              // ends the current attempt's context and timer
+	end      func()              // ends the current attempt's context, timer and watchdog
 	released atomic.Bool
 
 	req      *http.Request
@@ -37,6 +39,12 @@ type call struct {
 	getBody  func() (io.ReadCloser, error) // a fresh body for each later attempt
 	attempts int
 	backoff  backoff.BackOff // made on the first retry
+
+	// The current attempt's: its context's cancel (nil when it has the
+	// call's context), and the watchdog of its silences, first for its
+	// first sign of an answer, then (a stream) between its events.
+	acancel context.CancelCauseFunc
+	wd      *watchdog.Watchdog
 
 	// tracked is the body handed over with the response, allocated with
 	// the call: it keeps the call in flight until it is done.
@@ -54,6 +62,11 @@ func (t *transport) begin(req *http.Request) (*call, error) {
 	}
 	c := &call{t: t, ctx: ctx, done: done, end: nop, req: req}
 	c.tracked.c = c
+	if r := callRecordOf(ctx); r != nil {
+		// A call that goes on from earlier ones (Chat's retries of a whole
+		// answer) counts their attempts against MaxRetries too.
+		c.attempts = int(r.attempts.Load())
+	}
 	if t.sem != nil {
 		if err := t.sem.Acquire(ctx, 1); err != nil {
 			closeBody(req)
@@ -89,11 +102,16 @@ func (c *call) release() {
 }
 
 // attempt sends the request to tg, once. A 2xx answer is not a success
-// until its body has begun: for a stream, until its first byte; for a
+// until its body has begun: for a stream, until its first event; for a
 // JSON call (go-openai reads those whole anyway), until the whole body, up
 // to maxWholeBody bytes, has been read. Both within the attempt, so
 // AttemptTimeout bounds them, and an error, an end or a timeout before
 // then fails the attempt as a connection error would.
+//
+// FirstTokenTimeout bounds the wait for the first sign of an answer: the
+// response headers, or a 2xx stream's first event. An attempt that sees
+// none in time, or whose AttemptTimeout passes before one, fails with an
+// error matching errSilent: its target said nothing.
 func (c *call) attempt(tg *target) (*http.Response, error) {
 	if c.attempts > 0 && c.getBody != nil {
 		body, err := c.getBody()
@@ -106,45 +124,185 @@ func (c *call) attempt(tg *target) (*http.Response, error) {
 	countAttempt(c.ctx)
 	actx, timer := c.attemptContext()
 	resp, err := c.t.base.RoundTrip(c.prepare(actx, tg))
-	where := "" // the part of the exchange that failed, for a timeout
-	if err == nil && resp.StatusCode/100 == 2 && (c.stream || c.jsonCall) {
-		if c.stream {
-			err, where = peekFirstByte(resp), " before the stream's first byte"
-		} else {
-			err, where = readWhole(resp), " reading the response body"
+	where := wherePhase(waitHeaders) // the part of the exchange that failed, for a timeout
+	if err == nil {
+		switch ok := resp.StatusCode/100 == 2; {
+		case ok && c.stream:
+			where = waitFirstEvent
+			if err = peekFirstEvent(resp); err == nil {
+				err = c.answered(true)
+			}
+			if err == nil && timer != nil {
+				// The attempt timeout bounds a successful stream up to its
+				// first event only: a long generation must not be cut by
+				// it. A failed stream's error body stays bounded.
+				timer.Stop()
+			}
+		default:
+			// The headers are the first sign of any other answer: what
+			// follows is bounded by AttemptTimeout only.
+			if err = c.answered(false); err == nil && ok && c.jsonCall {
+				where = readingBody
+				err = readWhole(resp)
+			}
 		}
 		if err != nil {
 			resp.Body.Close()
 			resp = nil
-		} else if c.stream && timer != nil {
-			// The attempt timeout bounds a successful stream up to its
-			// first byte only: a long generation must not be cut by it.
-			// A failed stream's error body stays bounded.
-			timer.Stop()
 		}
 	}
-	if err != nil && c.ctx.Err() == nil && context.Cause(actx) == errAttemptTimeout {
-		if errors.Is(err, errAttemptTimeout) { // net/http returns the cause as it is
-			err = fmt.Errorf("%w after %v%s", errAttemptTimeout, c.t.attemptTimeout, where)
-		} else {
-			err = fmt.Errorf("%w after %v: %w", errAttemptTimeout, c.t.attemptTimeout, err)
+	if err != nil && c.ctx.Err() == nil {
+		switch cause := context.Cause(actx); {
+		case errors.Is(err, errFirstTokenTimeout) || cause == errFirstTokenTimeout:
+			err = newTimeoutError(errFirstTokenTimeout, c.t.firstTokenTimeout, where, err)
+		case cause == errAttemptTimeout:
+			err = newTimeoutError(errAttemptTimeout, c.t.attemptTimeout, where, err)
 		}
 	}
 	return resp, err
 }
 
+// answered stops the wait for the first sign of an answer, which has come:
+// for a successful stream, the watchdog then watches the gaps between its
+// events (Config.StreamIdleTimeout). It returns errFirstTokenTimeout if the
+// wait had timed out already.
+func (c *call) answered(stream bool) error {
+	idle := c.t.idleTimeout
+	switch {
+	case stream && idle > 0 && c.wd == nil:
+		c.wd = watchdog.Start(c.t.clock, idle, c.stalled)
+	case stream && idle > 0:
+		if !c.wd.Rearm(idle, c.stalled) {
+			return errFirstTokenTimeout
+		}
+	case c.wd != nil && !c.wd.Stop():
+		return errFirstTokenTimeout
+	}
+	return nil
+}
+
+// stalled ends the stream of the call's attempt, for a gap between events
+// longer than Config.StreamIdleTimeout: a blocked read of its body returns,
+// and the body reports ErrStreamStalled. It declines while the stream is
+// not being read: the silence is then the reader's (a caller busy between
+// two Recv), and the events it has not read yet may be waiting.
+func (c *call) stalled() bool {
+	if !c.tracked.reading.Load() {
+		return false
+	}
+	c.acancel(ErrStreamStalled)
+	return true
+}
+
 // attemptContext returns the context of the next attempt and the timer of
-// Config.AttemptTimeout, if any, and sets c.end to end both. Without a
-// timeout the call's context serves as it is: nothing to allocate on the
-// happy path.
+// Config.AttemptTimeout, if any, starts the watchdog of its first sign of
+// an answer (Config.FirstTokenTimeout), if any, and sets c.end to end them
+// all. With no timeout at all the call's context serves as it is: nothing
+// to allocate.
 func (c *call) attemptContext() (context.Context, *time.Timer) {
-	if c.t.attemptTimeout <= 0 {
+	t := c.t
+	c.wd = nil
+	if t.attemptTimeout <= 0 && t.firstTokenTimeout <= 0 && (!c.stream || t.idleTimeout <= 0) {
 		return c.ctx, nil
 	}
 	actx, acancel := context.WithCancelCause(c.ctx)
-	timer := time.AfterFunc(c.t.attemptTimeout, func() { acancel(errAttemptTimeout) })
-	c.end = func() { timer.Stop(); acancel(context.Canceled) }
+	c.acancel = acancel
+	var timer *time.Timer
+	if t.attemptTimeout > 0 {
+		timer = time.AfterFunc(t.attemptTimeout, func() { acancel(errAttemptTimeout) })
+	}
+	if t.firstTokenTimeout > 0 {
+		c.wd = watchdog.Start(t.clock, t.firstTokenTimeout, func() bool { acancel(errFirstTokenTimeout); return true })
+		if c.body != nil {
+			// Counted from the request's last byte: a slow upload is
+			// progress, not silence.
+			c.body = &progressBody{ReadCloser: c.body, wd: c.wd}
+		}
+	}
+	c.end = func() {
+		if timer != nil {
+			timer.Stop()
+		}
+		c.wd.Stop()
+		acancel(context.Canceled)
+	}
 	return actx, timer
+}
+
+// progressBody is a request body whose reads kick the attempt's watchdog.
+type progressBody struct {
+	io.ReadCloser
+	wd *watchdog.Watchdog
+}
+
+func (b *progressBody) Read(p []byte) (int, error) {
+	b.wd.Kick()
+	return b.ReadCloser.Read(p)
+}
+
+// The part of an attempt that a timeout cut.
+type wherePhase string
+
+const (
+	waitHeaders    wherePhase = " before the response headers"
+	waitFirstEvent wherePhase = " before the stream's first event"
+	readingBody    wherePhase = " reading the response body"
+)
+
+// errFirstTokenTimeout is the cause of an attempt cancelled by
+// Config.FirstTokenTimeout. Like errAttemptTimeout it matches
+// context.DeadlineExceeded and reports Timeout() true; it also matches
+// errSilent, so the attempt is tried on another target.
+var errFirstTokenTimeout error = firstTokenTimeoutError{}
+
+type firstTokenTimeoutError struct{}
+
+func (firstTokenTimeoutError) Error() string { return "llmdrain: no first token in time" }
+
+func (firstTokenTimeoutError) Timeout() bool { return true }
+
+func (firstTokenTimeoutError) Is(target error) bool {
+	return target == context.DeadlineExceeded || target == errSilent
+}
+
+// timeoutError is the error of an attempt cut by one of its timeouts
+// (errAttemptTimeout or errFirstTokenTimeout), saying after how long and
+// where. It matches errSilent when nothing of an answer had come yet, and
+// wraps the error the cut made, unless that is the timeout itself.
+type timeoutError struct {
+	timeout error
+	after   time.Duration
+	where   wherePhase
+	err     error // nil: the timeout as net/http returned it
+}
+
+func newTimeoutError(timeout error, after time.Duration, where wherePhase, err error) error {
+	e := &timeoutError{timeout: timeout, after: after, where: where}
+	if !errors.Is(err, timeout) {
+		e.err = err
+	}
+	return e
+}
+
+func (e *timeoutError) Error() string {
+	s := fmt.Sprintf("%v after %v%s", e.timeout, e.after, e.where)
+	if e.err != nil {
+		s += ": " + e.err.Error()
+	}
+	return s
+}
+
+func (e *timeoutError) Timeout() bool { return true }
+
+func (e *timeoutError) Unwrap() []error {
+	errs := []error{e.timeout}
+	if e.where != readingBody {
+		errs = append(errs, errSilent)
+	}
+	if e.err != nil {
+		errs = append(errs, e.err)
+	}
+	return errs
 }
 
 func nop() {}
@@ -200,11 +358,13 @@ func (c *call) handOver(resp *http.Response) *http.Response {
 		body = newSSEScrubber(body, t.key)
 	}
 	tb.rc = body
-	// A stream request answered 2xx must end with [DONE] whatever its
-	// Content-Type says: a server that ignored "stream": true or sent a
-	// JSON body must not pass for a complete, empty stream.
-	if ok && (isSSE(resp) || c.stream) && endsWithDone(c.req.URL.Path) {
-		tb.sse = new(sseWatcher)
+	// A chat stream request answered 2xx must end with [DONE] (or after a
+	// finish_reason) whatever its Content-Type says: a server that ignored
+	// "stream": true or sent a JSON body must not pass for a complete,
+	// empty stream.
+	// A successful stream is watched: its events kick the idle watchdog.
+	if ok && (isSSE(resp) || c.stream) {
+		tb.sse = &sseWatcher{mustEnd: endsWithDone(c.req.URL.Path), wd: c.wd}
 	}
 	resp.Body = tb
 	return resp

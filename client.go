@@ -7,13 +7,18 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"net/url"
 	"slices"
 	"strings"
+	"time"
 
+	"github.com/cenkalti/backoff/v4"
 	openai "github.com/sashabaranov/go-openai"
 	"golang.org/x/sync/semaphore"
+
+	"github.com/llmdrain/llmdrain/internal/watchdog"
 )
 
 // ErrEmptyResponse is returned by Chat when the API answered without any
@@ -27,6 +32,7 @@ var ErrEmptyPrompt = errors.New("llmdrain: empty prompt")
 // tracked for draining and retried per the Config. It is safe for
 // concurrent use. Create it with New; the zero Client is not usable.
 type Client struct {
+	retry   chatRetry
 	oa      *openai.Client
 	public  *openai.Client // OpenAI()'s: oa with Config.Model as default
 	http    *http.Client
@@ -53,6 +59,10 @@ func New(cfg Config) (*Client, error) {
 		logger:         r.Logger,
 		key:            key,
 		apiError:       envelopeError,
+
+		firstTokenTimeout: r.FirstTokenTimeout,
+		idleTimeout:       r.StreamIdleTimeout,
+		clock:             watchdog.Real,
 	}
 	tr.router = &router{failoverAfter: int32(r.FailoverAfter)}
 	var origins []origin
@@ -92,6 +102,7 @@ func New(cfg Config) (*Client, error) {
 	phc.Transport = &modelDefault{next: tr, model: r.Model}
 	pc.HTTPClient = &phc
 	return &Client{
+		retry:   chatRetry{policy: tr.policy, shouldRetry: tr.shouldRetry, logger: tr.logger},
 		oa:      openai.NewClientWithConfig(oc),
 		public:  openai.NewClientWithConfig(pc),
 		http:    hc,
@@ -104,6 +115,21 @@ func New(cfg Config) (*Client, error) {
 // Chat sends prompt as a single user message to the configured model and
 // returns the text of the first choice. It is the one-call path: tracked,
 // retried and refused with ErrDraining once a drain has begun.
+//
+// It streams the answer under the hood and returns it whole, so the
+// watchdogs of Config.FirstTokenTimeout and Config.StreamIdleTimeout
+// protect it, and a long answer is not cut by the first of them (a plain
+// completion's headers come only once the whole answer is ready). Nothing
+// reaches the caller before the end, so an answer cut, stalled or
+// malformed mid-way is asked for again, whole, within the same limits as
+// any retry: MaxRetries counts every attempt of the call, the backoff and
+// the deadlines apply, and none is made once a drain has begun. When the
+// retries run out the error is a *RetryError with the attempts made,
+// wrapping the last failure (matching io.ErrUnexpectedEOF for a cut,
+// ErrStreamStalled, ErrMalformedEvent). An error event in the stream is the
+// server's answer, returned as it is (an *openai.APIError), not retried.
+// A successful answer that is no event stream (a server that ignores
+// "stream": true) is asked for again as a plain completion.
 func (c *Client) Chat(ctx context.Context, prompt string) (string, error) {
 	if prompt == "" {
 		return "", ErrEmptyPrompt
@@ -111,16 +137,107 @@ func (c *Client) Chat(ctx context.Context, prompt string) (string, error) {
 	if c.tracker.Draining() {
 		return "", ErrDraining
 	}
-	resp, err := c.CreateChatCompletion(ctx, openai.ChatCompletionRequest{
+	req := openai.ChatCompletionRequest{
 		Messages: []openai.ChatCompletionMessage{{Role: openai.ChatMessageRoleUser, Content: prompt}},
-	})
+	}
+	// The record counts the attempts of every stream the call makes, so
+	// that the transport's retries and Chat's own share MaxRetries.
+	rec := callRecordOf(ctx)
+	if rec == nil {
+		ctx, rec = withCallRecord(ctx)
+	}
+	var bo backoff.BackOff
+	for {
+		text, whole, err := c.chatOnce(ctx, req)
+		if err == nil || !whole || ctx.Err() != nil || !c.retry.shouldRetry(nil, err) {
+			if err != nil && ctx.Err() != nil {
+				err = callError(ctx, err)
+			}
+			return text, err
+		}
+		attempts := int(rec.attempts.Load())
+		dl, _ := ctx.Deadline()
+		if ddl, ok := c.tracker.drainDeadline(); ok && (dl.IsZero() || ddl.Before(dl)) {
+			dl = ddl
+		}
+		wait, st := c.retry.policy.decide(time.Now(), attempts, nil, &bo, dl)
+		if st == nil && c.tracker.Draining() {
+			st = &stop{why: "not retried: a drain began"}
+		}
+		if st != nil {
+			if st.deadline {
+				noteDeadlineCut(ctx, c.tracker)
+			}
+			return "", &RetryError{Attempts: attempts, Reason: st.why, Err: err}
+		}
+		if c.retry.logger != nil {
+			c.retry.logger.InfoContext(ctx, "llmdrain: retrying the whole answer", "attempt", attempts, "wait", wait, "reason", err.Error())
+		}
+		if err := sleep(ctx, wait); err != nil {
+			return "", callError(ctx, err)
+		}
+	}
+}
+
+// chatRetry is what Chat needs of the transport's retry policy to retry
+// a whole answer; the transport itself, which holds the key, is not kept.
+type chatRetry struct {
+	policy      retryPolicy
+	shouldRetry func(*http.Response, error) bool
+	logger      *slog.Logger
+}
+
+// chatOnce makes one streamed call of Chat and reads its answer whole. whole
+// reports that the call failed after its answer began, a failure the
+// transport could not retry: the whole call may be.
+func (c *Client) chatOnce(ctx context.Context, req openai.ChatCompletionRequest) (text string, whole bool, err error) {
+	s, err := c.CreateChatCompletionStream(ctx, req)
 	if err != nil {
-		return "", err
+		return "", false, err // the transport's verdict, retries included
 	}
-	if len(resp.Choices) == 0 {
-		return "", ErrEmptyResponse
+	defer s.Close()
+	var b strings.Builder
+	answered := false
+	for {
+		r, err := s.Recv()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			if errors.Is(err, io.ErrUnexpectedEOF) && !strings.HasPrefix(s.Header().Get("Content-Type"), "text/event-stream") {
+				// No event stream, and no error go-openai could read in
+				// it: a server that ignores "stream": true (or a page).
+				// Asked again as a plain call, which go-openai reads as
+				// such.
+				s.Close()
+				return c.chatPlain(ctx, req)
+			}
+			var apiErr *openai.APIError
+			return "", !errors.As(err, &apiErr), err
+		}
+		for _, ch := range r.Choices {
+			if ch.Index == 0 {
+				answered = true
+				b.WriteString(ch.Delta.Content)
+			}
+		}
 	}
-	return resp.Choices[0].Message.Content, nil
+	if !answered {
+		return "", false, ErrEmptyResponse
+	}
+	return b.String(), false, nil
+}
+
+// chatPlain is chatOnce by a plain completion.
+func (c *Client) chatPlain(ctx context.Context, req openai.ChatCompletionRequest) (string, bool, error) {
+	resp, err := c.CreateChatCompletion(ctx, req)
+	switch {
+	case err != nil:
+		return "", false, err
+	case len(resp.Choices) == 0:
+		return "", false, ErrEmptyResponse
+	}
+	return resp.Choices[0].Message.Content, false, nil
 }
 
 // CreateChatCompletion is go-openai's CreateChatCompletion, tracked and
@@ -144,21 +261,26 @@ func (c *Client) CreateChatCompletion(ctx context.Context, req openai.ChatComple
 }
 
 // CreateChatCompletionStream is go-openai's CreateChatCompletionStream,
-// tracked and retried until the first byte of the body: a 2xx answer whose
-// body ends, fails or (with Config.AttemptTimeout) stalls before its first
-// byte is retried like a connection error; once a byte has arrived nothing
-// is replayed. The call stays in flight, holding any drain, until the
+// tracked and retried until the first event of the body: a 2xx answer
+// whose body ends, fails or stalls (Config.FirstTokenTimeout, and
+// AttemptTimeout if set) before its first data event is retried like a
+// connection error; comments and keep-alives before it do not count, and
+// reach go-openai with the rest. Once an event has arrived nothing is
+// replayed. The call stays in flight, holding any drain, until the
 // stream is closed, its "data: [DONE]" event has been received, or its
-// body has ended, so always Close it. (go-openai buffers what it receives:
-// events already received may still be returned by Recv after the call
-// stopped counting.)
+// body has ended, so always Close it. (go-openai buffers what it
+// receives: events already received may still be returned by Recv after
+// the call stopped counting.)
 //
-// A stream that ends without the API's terminating "data: [DONE]" event (a
-// connection cut mid-answer, or a 2xx answer that was no stream at all)
-// makes Recv return an error matching io.ErrUnexpectedEOF rather than
-// io.EOF, so a truncated answer is never taken for a complete one. A
-// redirect that was not followed (see ErrNotAStream) makes Recv return an
-// error matching ErrNotAStream.
+// A stream that ends without the API's terminating "data: [DONE]" event,
+// and not cleanly after an event carrying a finish_reason (a connection
+// cut mid-answer, or a 2xx answer that was no stream at all), makes Recv
+// return an error matching io.ErrUnexpectedEOF rather than io.EOF, so a
+// truncated answer is never taken for a complete one. So do a silence
+// between events longer than Config.StreamIdleTimeout (ErrStreamStalled)
+// and a data event that is not a JSON object (ErrMalformedEvent); both end
+// the stream and release its call. A redirect that was not followed (see
+// ErrNotAStream) makes Recv return an error matching ErrNotAStream.
 func (c *Client) CreateChatCompletionStream(ctx context.Context, req openai.ChatCompletionRequest) (*openai.ChatCompletionStream, error) {
 	if req.Model == "" {
 		req.Model = c.model

@@ -26,6 +26,21 @@ const (
 	EnvAPIKey = "HOLYSHEEP_API_KEY"
 	// EnvBaseURL is read when Config.BaseURL is empty.
 	EnvBaseURL = "HOLYSHEEP_BASE_URL"
+	// DefaultFirstTokenTimeout is Config.FirstTokenTimeout when 0: a
+	// provider that has sent no sign of an answer for a minute is taken
+	// for silent, so that a call against one that never answers is
+	// bounded, at about a minute per endpoint, without a caller deadline.
+	// Streams get their first event within seconds, reasoning models
+	// within tens of seconds; a plain call whose whole generation takes
+	// longer (its headers come with the answer) needs a stream (Chat
+	// streams) or a larger value.
+	DefaultFirstTokenTimeout = 60 * time.Second
+	// DefaultStreamIdleTimeout is Config.StreamIdleTimeout when 0. A
+	// generation sends its events every few tens of milliseconds; a
+	// minute without one is a dead stream, and the proxies in front of
+	// most providers (nginx's proxy_read_timeout, cloud load balancers'
+	// idle timeouts) cut one at about that anyway.
+	DefaultStreamIdleTimeout = 60 * time.Second
 )
 
 // ErrInvalidConfig matches every error New returns for a bad Config.
@@ -86,6 +101,27 @@ type Config struct {
 	// means no bound but the caller's context, which always bounds the
 	// whole call, retries included.
 	AttemptTimeout time.Duration
+	// FirstTokenTimeout bounds an attempt's wait for the first sign of an
+	// answer: for a stream, its first event (a data line; comments,
+	// keep-alives and blank lines do not count); for any other call, its
+	// response headers (a plain completion's headers come when the whole
+	// answer is ready). It counts from the last byte of the request sent,
+	// so a slow upload is not cut. An attempt that times out so is tried
+	// on the next endpoint rather than the same one; when none is left,
+	// the call's error matches context.DeadlineExceeded. It never cuts a
+	// stream after its first event nor a body after its headers. Like
+	// StreamIdleTimeout it is noticed within a quarter more. 0 means
+	// DefaultFirstTokenTimeout (60 s); a negative value means no bound.
+	FirstTokenTimeout time.Duration
+	// StreamIdleTimeout bounds the gap between two data events of a
+	// successful stream, once its first has arrived, while the stream is
+	// being read: a longer silence (noticed within a quarter more) ends
+	// the stream with an error matching ErrStreamStalled (and
+	// io.ErrUnexpectedEOF), releasing the call. Comment lines and
+	// keep-alives do not count as events; a caller busy between two Recv
+	// is not taken for a stalled server. 0 means
+	// DefaultStreamIdleTimeout (60 s); a negative value means no bound.
+	StreamIdleTimeout time.Duration
 	// HTTPClient supplies the base transport (its Transport, or
 	// http.DefaultTransport when nil), redirect policy, cookie jar and
 	// timeout. Nil means http.DefaultClient.
@@ -127,8 +163,8 @@ type Config struct {
 
 // String describes the config with the API key redacted.
 func (c Config) String() string {
-	return fmt.Sprintf("llmdrain.Config{APIKey: %s, BaseURL: %q, FallbackURLs: %q, Model: %q, MaxRetries: %d, MaxConcurrent: %d, AttemptTimeout: %v}",
-		redact(c.APIKey), redactURL(c.BaseURL), redactURLs(c.FallbackURLs), c.Model, c.MaxRetries, c.MaxConcurrent, c.AttemptTimeout)
+	return fmt.Sprintf("llmdrain.Config{APIKey: %s, BaseURL: %q, FallbackURLs: %q, Model: %q, MaxRetries: %d, MaxConcurrent: %d, AttemptTimeout: %v, FirstTokenTimeout: %v, StreamIdleTimeout: %v}",
+		redact(c.APIKey), redactURL(c.BaseURL), redactURLs(c.FallbackURLs), c.Model, c.MaxRetries, c.MaxConcurrent, c.AttemptTimeout, c.FirstTokenTimeout, c.StreamIdleTimeout)
 }
 
 // Format makes every fmt verb (%v, %+v, %#v, %s, %d, ...) print String, so
@@ -145,6 +181,8 @@ func (c Config) LogValue() slog.Value {
 		slog.Int("max_retries", c.MaxRetries),
 		slog.Int("max_concurrent", c.MaxConcurrent),
 		slog.Duration("attempt_timeout", c.AttemptTimeout),
+		slog.Duration("first_token_timeout", c.FirstTokenTimeout),
+		slog.Duration("stream_idle_timeout", c.StreamIdleTimeout),
 	)
 }
 
@@ -270,6 +308,16 @@ func resolve(cfg Config) (resolved, error) {
 	if cfg.AttemptTimeout < 0 {
 		bad("AttemptTimeout", "negative (%v); use 0 for no per-attempt bound", cfg.AttemptTimeout)
 	}
+	for _, f := range []struct {
+		name string
+		d    *time.Duration
+		def  time.Duration
+	}{{"FirstTokenTimeout", &cfg.FirstTokenTimeout, DefaultFirstTokenTimeout}, {"StreamIdleTimeout", &cfg.StreamIdleTimeout, DefaultStreamIdleTimeout}} {
+		if *f.d > 0 && *f.d < minWatchdogLimit {
+			bad(f.name, "%v is below %v, a duration in the wrong unit (write 60 * time.Second); use 0 for the default %v, a negative value for no bound", *f.d, minWatchdogLimit, f.def)
+		}
+		*f.d = watchdogLimit(*f.d, f.def)
+	}
 	switch {
 	case cfg.MaxRetryAfter < 0:
 		bad("MaxRetryAfter", "negative (%v); use 0 for the default %v", cfg.MaxRetryAfter, DefaultMaxRetryAfter)
@@ -294,6 +342,20 @@ func resolve(cfg Config) (resolved, error) {
 	r.Config = cfg
 	return r, errors.Join(errs...)
 }
+
+// watchdogLimit resolves a watchdog's timeout: 0 is the default, a
+// negative value off (kept negative, so that a resolved Config prints what
+// it does).
+func watchdogLimit(d, def time.Duration) time.Duration {
+	if d == 0 {
+		return def
+	}
+	return d
+}
+
+// minWatchdogLimit is the least positive watchdog timeout accepted: less is
+// a duration given in the wrong unit (FirstTokenTimeout: 60 is 60 ns).
+const minWatchdogLimit = time.Millisecond
 
 // checkURL returns an endpoint URL normalised, and what is wrong with it,
 // or "". The message shows the URL with any password redacted. checked says

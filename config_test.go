@@ -40,6 +40,8 @@ func TestNewRejectsBadConfig(t *testing.T) {
 		{"negative attempt timeout", Config{APIKey: fakeKey, AttemptTimeout: -time.Second}, "AttemptTimeout", "negative"},
 		{"negative retry-after cap", Config{APIKey: fakeKey, MaxRetryAfter: -time.Second}, "MaxRetryAfter", "negative"},
 		{"negative failover", Config{APIKey: fakeKey, FailoverAfter: -2}, "FailoverAfter", "negative"},
+		{"first-token timeout in ns", Config{APIKey: fakeKey, FirstTokenTimeout: 60}, "FirstTokenTimeout", "wrong unit"},
+		{"idle timeout in ns", Config{APIKey: fakeKey, StreamIdleTimeout: 30}, "StreamIdleTimeout", "wrong unit"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -78,12 +80,29 @@ func TestNewDefaultsAndEnvironment(t *testing.T) {
 	assert.Equal(t, DefaultMaxRetryAfter, r.MaxRetryAfter)
 	assert.Equal(t, DefaultFailoverAfter, r.FailoverAfter)
 	assert.NotNil(t, r.Tracker)
+	// Silence is bounded by default: a minute for the first sign of an
+	// answer, and between two events of a stream.
+	assert.Equal(t, 60*time.Second, r.FirstTokenTimeout)
+	assert.Equal(t, 60*time.Second, r.StreamIdleTimeout)
+	c, err := New(Config{})
+	require.NoError(t, err)
+	tr := c.http.Transport.(*transport)
+	assert.Equal(t, 60*time.Second, tr.firstTokenTimeout)
+	assert.Equal(t, 60*time.Second, tr.idleTimeout)
 
 	t.Setenv(EnvBaseURL, "http://127.0.0.1:9/v1/")
 	r, err = resolve(Config{MaxRetries: -1})
 	require.NoError(t, err)
 	assert.Equal(t, []string{"http://127.0.0.1:9/v1"}, r.endpoints, "trailing slash trimmed")
 	assert.Equal(t, 0, r.MaxRetries, "negative means no retries")
+	r, err = resolve(Config{FirstTokenTimeout: -1, StreamIdleTimeout: -time.Second})
+	require.NoError(t, err)
+	assert.Negative(t, r.FirstTokenTimeout, "negative means no bound")
+	assert.Negative(t, r.StreamIdleTimeout, "negative means no bound")
+	r, err = resolve(Config{FirstTokenTimeout: 5 * time.Minute, StreamIdleTimeout: time.Millisecond})
+	require.NoError(t, err)
+	assert.Equal(t, 5*time.Minute, r.FirstTokenTimeout)
+	assert.Equal(t, time.Millisecond, r.StreamIdleTimeout)
 
 	for _, host := range []string{"localhost", "127.0.0.2", "[::1]", "llm.localhost"} {
 		_, err := New(Config{APIKey: fakeKey, BaseURL: "http://" + host + ":8080/v1"})
@@ -106,6 +125,11 @@ func TestConfigNeverPrintsKey(t *testing.T) {
 		assert.NotContains(t, o, "FAKE", "key leaked in %q", o)
 	}
 	assert.Contains(t, fmt.Sprint(cfg), "[redacted]")
+	cfg.FirstTokenTimeout, cfg.StreamIdleTimeout = 90*time.Second, 2*time.Minute
+	assert.Contains(t, fmt.Sprint(cfg), "FirstTokenTimeout: 1m30s, StreamIdleTimeout: 2m0s")
+	buf.Reset()
+	slog.New(slog.NewTextHandler(&buf, nil)).Info("cfg", "cfg", cfg)
+	assert.Contains(t, buf.String(), "cfg.first_token_timeout=1m30s cfg.stream_idle_timeout=2m0s")
 	assert.Contains(t, buf.String(), "api.example.com")
 }
 

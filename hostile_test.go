@@ -183,7 +183,7 @@ func TestHostileResponses(t *testing.T) {
 			if c.stream {
 				text, err = soakStream(ctx, cl, prompt, false)
 			} else {
-				text, err = cl.Chat(ctx, prompt)
+				text, err = plainChat(ctx, cl, prompt)
 			}
 			if err == nil && text != "hand made" {
 				assert.Equal(t, llmtest.Reply(prompt), text)
@@ -302,7 +302,7 @@ func TestGiganticErrorBodyIsBounded(t *testing.T) {
 			if c.stream {
 				_, err = cl.CreateChatCompletionStream(ctx, userMsg("x"))
 			} else {
-				_, err = cl.Chat(ctx, "x")
+				_, err = plainChat(ctx, cl, "x")
 			}
 			runtime.ReadMemStats(&after)
 
@@ -483,7 +483,7 @@ func TestRedirectKeyStaysHome(t *testing.T) {
 				FallbackURLs: []string{"https://backup.example.org/v1"},
 				HTTPClient:   &http.Client{Transport: rt}})
 			require.NoError(t, err)
-			text, err := cl.Chat(context.Background(), "x")
+			text, err := plainChat(context.Background(), cl, "x")
 			require.NoError(t, err)
 			assert.Equal(t, "hand made", text)
 			require.Len(t, rt.auth, 2)

@@ -168,6 +168,14 @@ func (e *RetryError) Error() string {
 // Unwrap returns Err.
 func (e *RetryError) Unwrap() error { return e.Err }
 
+// Timeout reports whether the last attempt timed out (Config.AttemptTimeout
+// or FirstTokenTimeout), so that the *url.Error go-openai's HTTP client
+// wraps it in reports Timeout() true too, as for net/http's own timeouts.
+func (e *RetryError) Timeout() bool {
+	var t interface{ Timeout() bool }
+	return errors.As(e.Err, &t) && t.Timeout()
+}
+
 // retryPolicy is the part of a Config that decides whether, and after how
 // long, a failed attempt is tried again.
 type retryPolicy struct {

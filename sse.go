@@ -4,9 +4,12 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"maps"
 	"slices"
+
+	"github.com/llmdrain/llmdrain/internal/watchdog"
 )
 
 // maxDoneLine bounds the bytes kept of one line. A "data: [DONE]" line is 12
@@ -15,14 +18,25 @@ import (
 const maxDoneLine = 256
 
 // sseWatcher watches the bytes of a server-sent-event stream go by, over
-// arbitrary chunk boundaries, and records whether a "data: [DONE]" line has
-// been seen. It matches the line exactly as go-openai's stream reader does:
+// arbitrary chunk boundaries. It records whether a "data: [DONE]" line has
+// been seen, matching the line exactly as go-openai's stream reader does:
 // lines end at '\n', surrounding space is trimmed, then "data:", optional
-// space, and "[DONE]".
+// space, and "[DONE]". It kicks the stream's idle watchdog at each data
+// line, and follows whether the last event that says so carried a
+// finish_reason: a chat stream that ends cleanly after one is complete,
+// even without [DONE], as several providers end theirs.
 type sseWatcher struct {
 	line     []byte // start of the current line, at most maxDoneLine bytes
 	overflow bool   // the current line is too long to be [DONE]
 	done     bool
+	// mustEnd: a chat or completions stream, which must end with [DONE]
+	// or after a finish_reason to be complete.
+	mustEnd bool
+	// finished: the last data event with a "finish_reason" had one set;
+	// events without the key (a usage chunk) leave it as it is.
+	finished bool
+	fin      finishScan         // the current line's finish_reason values
+	wd       *watchdog.Watchdog // kicked at each data line; nil: none
 }
 
 func (w *sseWatcher) Write(p []byte) {
@@ -33,29 +47,127 @@ func (w *sseWatcher) Write(p []byte) {
 			return
 		}
 		w.keep(p[:i])
-		if !w.overflow && isDoneLine(w.line) {
-			w.done = true
-		}
-		w.line, w.overflow = w.line[:0], false
+		w.endLine()
 		p = p[i+1:]
 	}
 }
 
+// endLine judges the line that just ended.
+func (w *sseWatcher) endLine() {
+	if isDataLine(w.line) {
+		w.wd.Kick()
+		switch {
+		case !w.overflow && isDoneLine(w.line):
+			w.done = true
+		case w.fin.null:
+			w.finished = false
+		case w.fin.set:
+			w.finished = true
+		}
+	}
+	w.line, w.overflow, w.fin = w.line[:0], false, finishScan{}
+}
+
+// isDataLine reports whether a line starting with head is a data line, as
+// go-openai tells them: space trimmed, then "data:".
+func isDataLine(head []byte) bool {
+	i := 0
+	for i < len(head) && (head[i] == ' ' || head[i] == '\t' || head[i] == '\r' || head[i] == '\n' || head[i] == '\v' || head[i] == '\f') {
+		i++
+	}
+	return bytes.HasPrefix(head[i:], []byte("data:"))
+}
+
 func (w *sseWatcher) keep(p []byte) {
+	w.fin.scan(p)
 	if w.overflow {
 		return
 	}
-	if len(w.line)+len(p) > maxDoneLine {
+	if room := maxDoneLine - len(w.line); len(p) > room {
+		w.line = append(w.line, p[:room]...)
 		w.overflow = true
 		return
 	}
 	w.line = append(w.line, p...)
 }
 
+// finishKey is a finish_reason key in JSON but for its opening quote:
+// searched from its 'f', as a search from '"' would stop at every string.
+var finishKey = []byte(`finish_reason"`)
+
+// finishWindow is how much of a line finishScan carries over a chunk
+// boundary: a finish_reason key and the start of its value, with a little
+// space around its colon. One padded with more is not seen, and its stream
+// is reported truncated if it has no [DONE], the safe direction.
+const finishWindow = 40
+
+// finishScan finds the finish_reason values of one line fed to it in
+// pieces, cheaply: bytes.Index for the key, the value judged by its first
+// bytes. A key inside a JSON string is preceded by a backslash (its quote
+// is escaped) and is skipped.
+type finishScan struct {
+	set, null bool // a value that is a non-empty string; one that is null or ""
+	carry     [finishWindow]byte
+	n         int // carry[:n] is the end of what came before
+}
+
+func (f *finishScan) scan(p []byte) {
+	if f.n > 0 {
+		// Across the boundary: the carry and the start of p.
+		var joint [2 * finishWindow]byte
+		k := copy(joint[:], f.carry[:f.n])
+		k += copy(joint[k:], p[:min(len(p), finishWindow)])
+		f.find(joint[:k])
+	}
+	f.find(p)
+	if len(p) >= finishWindow {
+		f.n = copy(f.carry[:], p[len(p)-finishWindow:])
+		return
+	}
+	// Keep the last finishWindow bytes of carry and p.
+	keep := min(f.n, finishWindow-len(p))
+	copy(f.carry[:], f.carry[f.n-keep:f.n])
+	f.n = keep + copy(f.carry[keep:], p)
+}
+
+func (f *finishScan) find(b []byte) {
+	for off := 0; ; {
+		i := bytes.Index(b[off:], finishKey)
+		if i < 0 {
+			return
+		}
+		i += off
+		off = i + len(finishKey)
+		if i == 0 || b[i-1] != '"' || (i > 1 && b[i-2] == '\\') {
+			continue // no key, or one cut at the boundary, or in a string
+		}
+		j := skipJSONSpace(b, off)
+		if j >= len(b) || b[j] != ':' {
+			continue
+		}
+		j = skipJSONSpace(b, j+1)
+		switch {
+		case j >= len(b): // the value is in what comes next
+		case b[j] == 'n':
+			f.null = true
+		case b[j] == '"' && j+1 < len(b):
+			if b[j+1] == '"' {
+				f.null = true
+			} else {
+				f.set = true
+			}
+		}
+	}
+}
+
 // isDoneLine mirrors go-openai: bytes.TrimSpace, then the regexp `^data:\s*`
 // removed, then a comparison with "[DONE]". RE2's \s is [\t\n\f\r ].
 func isDoneLine(line []byte) bool {
-	rest, ok := bytes.CutPrefix(bytes.TrimSpace(line), []byte("data:"))
+	line = bytes.TrimSpace(line)
+	if !bytes.HasSuffix(line, doneEvent) {
+		return false // every chunk, told cheaply
+	}
+	rest, ok := bytes.CutPrefix(line, []byte("data:"))
 	return ok && bytes.Equal(bytes.TrimLeft(rest, "\t\n\f\r "), []byte("[DONE]"))
 }
 
@@ -87,8 +199,11 @@ type sseScrubber struct {
 	out     []byte // to return next
 	pending []byte // to return after out: a line's replacement
 	err     error  // rc's, returned once buf is passed on
-	long    int    // longNone, or how the current line, too long to hold, is passed on
-	errs    sseErrors
+	// malformed: a data line that is not JSON was met; the stream ends
+	// before it with ErrMalformedEvent.
+	malformed bool
+	long      int // longNone, or how the current line, too long to hold, is passed on
+	errs      sseErrors
 }
 
 const (
@@ -169,6 +284,11 @@ func (s *sseScrubber) passLines() []byte {
 		line := s.buf[s.r:end]
 		s.r, s.scanned = end, end
 		if repl, changed := s.line(line); changed {
+			if s.malformed {
+				// The stream ends before this line, with its error.
+				s.err, s.r, s.scanned = ErrMalformedEvent, s.w, s.w
+				return s.scrubRun(s.buf[start : end-len(line)])
+			}
 			if before := end - len(line); before > start {
 				s.pending = repl
 				return s.scrubRun(s.buf[start:before])
@@ -197,6 +317,11 @@ func (s *sseScrubber) line(line []byte) ([]byte, bool) {
 	if isData && !isErr {
 		// A chunk or [DONE]: go-openai decodes it into the answer, never
 		// into an error. Its bytes are scrubbed with the run it is in.
+		// A chunk that is no JSON object would be a hole in the answer.
+		if !objectShaped(payload) && !bytes.Equal(payload, doneEvent) {
+			s.malformed = true
+			return nil, true
+		}
 		return nil, false
 	}
 	if !isData {
@@ -286,6 +411,29 @@ func scrubHold(seg, key []byte, last bool) ([]byte, int) {
 	h := hold(seg)
 	return append(out, seg[:len(seg)-h]...), h
 }
+
+// objectShaped reports whether payload has the shape of a JSON object, a
+// '{' to a '}': what tells a chunk cut short (by a provider's encoder, a
+// proxy splitting a line) in O(1), where validating every chunk would cost
+// more than all the rest of the body's work. Damage inside an object is
+// left to go-openai's decoder.
+func objectShaped(payload []byte) bool {
+	return len(payload) >= 2 && payload[0] == '{' && payload[len(payload)-1] == '}'
+}
+
+// doneEvent is the payload of the data line that ends a chat stream.
+var doneEvent = []byte("[DONE]")
+
+// ErrMalformedEvent is the error, matched with errors.Is, that reading a
+// successful stream returns in place of a data event that is not a JSON
+// object ('{' to '}'), as a provider's encoder or a proxy cutting a line
+// in two may send. The
+// stream ends there and its call is released: an event lost is a hole in
+// the answer, which must not pass for complete (go-openai alone would
+// return a JSON syntax error for the event and read on). It also matches
+// io.ErrUnexpectedEOF: the answer is incomplete. A line longer than
+// 1 MiB is passed on unchecked.
+var ErrMalformedEvent = fmt.Errorf("llmdrain: malformed event in stream: %w", io.ErrUnexpectedEOF)
 
 // errorEvent starts the payload of a data line go-openai reads as an error.
 var errorEvent = []byte(`{"error":`)

@@ -10,9 +10,12 @@ import (
 	"regexp"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/llmdrain/llmdrain/internal/watchdog"
 )
 
 func TestSSEWatcher(t *testing.T) {
@@ -234,12 +237,15 @@ func BenchmarkStreamBody(b *testing.B) {
 	for range b.N {
 		rc := io.NopCloser(bytes.NewReader(stream.Bytes()))
 		c := &call{ctx: context.Background(), done: nop, end: nop}
-		tb := &trackedBody{c: c, rc: newSSEScrubber(rc, fakeKey), sse: new(sseWatcher)}
+		// As a chat stream gets it: the idle watchdog kicked at each event.
+		c.wd = watchdog.Start(watchdog.Real, time.Minute, func() bool { return true })
+		tb := &trackedBody{c: c, rc: newSSEScrubber(rc, fakeKey), sse: &sseWatcher{mustEnd: true, wd: c.wd}}
 		br.Reset(tb)
 		for {
 			if _, err := br.ReadSlice('\n'); err != nil {
 				break
 			}
 		}
+		c.wd.Stop()
 	}
 }

@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"golang.org/x/sync/semaphore"
+
+	"github.com/llmdrain/llmdrain/internal/watchdog"
 )
 
 // errAttemptTimeout is the cause of an attempt cancelled by
@@ -48,7 +50,13 @@ type transport struct {
 	shouldRetry func(*http.Response, error) bool
 	// attemptTimeout bounds one attempt; 0: only the call's context.
 	attemptTimeout time.Duration
-	logger         *slog.Logger // nil: silent
+	// firstTokenTimeout bounds an attempt's wait for the first sign of an
+	// answer, idleTimeout a successful stream's gaps between events; <= 0:
+	// no bound. clock times both.
+	firstTokenTimeout time.Duration
+	idleTimeout       time.Duration
+	clock             watchdog.Clock
+	logger            *slog.Logger // nil: silent
 
 	// key is the API key, for scrubbing it from what comes back.
 	// go-openai is given none: the call sets the Authorization header

@@ -100,6 +100,19 @@ func headersThen(status int, contentType, body string, part int, length, cut boo
 	}
 }
 
+// plainChat is Chat by a plain (not streamed) completion: the path of
+// CreateChatCompletion and every JSON call.
+func plainChat(ctx context.Context, c *Client, prompt string) (string, error) {
+	resp, err := c.CreateChatCompletion(ctx, userMsg(prompt))
+	if err != nil {
+		return "", err
+	}
+	if len(resp.Choices) == 0 {
+		return "", ErrEmptyResponse
+	}
+	return resp.Choices[0].Message.Content, nil
+}
+
 // callCtx bounds a test's call far above any expected duration, so that a
 // regression shows as a failure rather than a hung test.
 func callCtx(t *testing.T) context.Context {
@@ -146,7 +159,7 @@ func TestStreamNoFirstByteExhausted(t *testing.T) {
 	var re *RetryError
 	require.ErrorAs(t, err, &re)
 	assert.Equal(t, 3, re.Attempts)
-	assert.ErrorIs(t, err, errNoFirstByte)
+	assert.ErrorIs(t, err, errNoFirstEvent)
 	assert.ErrorIs(t, err, io.ErrUnexpectedEOF)
 	assert.Equal(t, int32(3), n.Load())
 	assert.Equal(t, 0, cl.Tracker().InFlight())
@@ -261,7 +274,7 @@ func TestPlainBodyFailureRetried(t *testing.T) {
 		t.Run(c.name, func(t *testing.T) {
 			srv, n := scriptedServer(t, headersThen(200, "application/json", okBody, len(okBody)/2, c.length, c.cut), serveJSON)
 			cl := scriptedClient(t, srv, c.cfg)
-			got, err := cl.Chat(callCtx(t), "x")
+			got, err := plainChat(callCtx(t), cl, "x")
 			require.NoError(t, err)
 			assert.Equal(t, "hand made", got)
 			assert.Equal(t, int32(2), n.Load(), "requests")
@@ -275,7 +288,7 @@ func TestPlainBodyFailureRetried(t *testing.T) {
 func TestPlainBodyFailureExhausted(t *testing.T) {
 	srv, n := scriptedServer(t, headersThen(200, "application/json", okBody, len(okBody)/2, true, false))
 	cl := scriptedClient(t, srv, Config{AttemptTimeout: 50 * time.Millisecond, MaxRetries: 1})
-	_, err := cl.Chat(callCtx(t), "x")
+	_, err := plainChat(callCtx(t), cl, "x")
 	var re *RetryError
 	require.ErrorAs(t, err, &re)
 	assert.Equal(t, 2, re.Attempts)
@@ -316,7 +329,7 @@ func TestShouldRetryHeaderIgnoredOnSuccess(t *testing.T) {
 		serveJSON(w, r, s)
 	})
 	cl := scriptedClient(t, srv, Config{})
-	got, err := cl.Chat(callCtx(t), "x")
+	got, err := plainChat(callCtx(t), cl, "x")
 	require.NoError(t, err)
 	assert.Equal(t, "hand made", got)
 	assert.Equal(t, int32(1), n.Load(), "requests")
