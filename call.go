@@ -8,6 +8,7 @@ import (
 	"io"
 	"net/http"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -29,7 +30,6 @@ type call struct {
 	// What the call holds; release gives it back, once.
 	done     func()              // the Tracker's
 	sem      *semaphore.Weighted // nil: no slot held
-	end      func()              // ends the current attempt's context, timer and watchdog
 	released atomic.Bool
 
 	req      *http.Request
@@ -41,10 +41,16 @@ type call struct {
 	backoff  backoff.BackOff // made on the first retry
 
 	// The current attempt's: its context's cancel (nil when it has the
-	// call's context), and the watchdog of its silences, first for its
-	// first sign of an answer, then (a stream) between its events.
-	acancel context.CancelCauseFunc
-	wd      *watchdog.Watchdog
+	// call's context); the timers of Config.AttemptTimeout and of its
+	// first sign of an answer (Config.FirstTokenTimeout), nil when not
+	// running; and a stream's watchdog of the gaps between its events.
+	// Kept in the call, not in closures, so that an attempt allocates
+	// little.
+	acancel      context.CancelCauseFunc
+	attemptTimer watchdog.Timer
+	firstMu      sync.Mutex // the request body is read on net/http's goroutine
+	firstTimer   watchdog.Timer
+	wd           *watchdog.Watchdog
 
 	// tracked is the body handed over with the response, allocated with
 	// the call: it keeps the call in flight until it is done.
@@ -60,7 +66,7 @@ func (t *transport) begin(req *http.Request) (*call, error) {
 		closeBody(req)
 		return nil, err
 	}
-	c := &call{t: t, ctx: ctx, done: done, end: nop, req: req}
+	c := &call{t: t, ctx: ctx, done: done, req: req}
 	c.tracked.c = c
 	if r := callRecordOf(ctx); r != nil {
 		// A call that goes on from earlier ones (Chat's retries of a whole
@@ -122,7 +128,7 @@ func (c *call) attempt(tg *target) (*http.Response, error) {
 	}
 	c.attempts++
 	countAttempt(c.ctx)
-	actx, timer := c.attemptContext()
+	actx := c.attemptContext()
 	resp, err := c.t.base.RoundTrip(c.prepare(actx, tg))
 	where := wherePhase(waitHeaders) // the part of the exchange that failed, for a timeout
 	if err == nil {
@@ -132,11 +138,11 @@ func (c *call) attempt(tg *target) (*http.Response, error) {
 			if err = peekFirstEvent(resp); err == nil {
 				err = c.answered(true)
 			}
-			if err == nil && timer != nil {
+			if err == nil && c.attemptTimer != nil {
 				// The attempt timeout bounds a successful stream up to its
 				// first event only: a long generation must not be cut by
 				// it. A failed stream's error body stays bounded.
-				timer.Stop()
+				c.attemptTimer.Stop()
 			}
 		default:
 			// The headers are the first sign of any other answer: what
@@ -163,20 +169,15 @@ func (c *call) attempt(tg *target) (*http.Response, error) {
 }
 
 // answered stops the wait for the first sign of an answer, which has come:
-// for a successful stream, the watchdog then watches the gaps between its
+// for a successful stream, a watchdog then watches the gaps between its
 // events (Config.StreamIdleTimeout). It returns errFirstTokenTimeout if the
 // wait had timed out already.
 func (c *call) answered(stream bool) error {
-	idle := c.t.idleTimeout
-	switch {
-	case stream && idle > 0 && c.wd == nil:
-		c.wd = watchdog.Start(c.t.clock, idle, c.stalled)
-	case stream && idle > 0:
-		if !c.wd.Rearm(idle, c.stalled) {
-			return errFirstTokenTimeout
-		}
-	case c.wd != nil && !c.wd.Stop():
+	if !c.stopFirstTimer() {
 		return errFirstTokenTimeout
+	}
+	if idle := c.t.idleTimeout; stream && idle > 0 {
+		c.wd = watchdog.Start(c.t.clock, idle, c.stalled)
 	}
 	return nil
 }
@@ -194,49 +195,77 @@ func (c *call) stalled() bool {
 	return true
 }
 
-// attemptContext returns the context of the next attempt and the timer of
-// Config.AttemptTimeout, if any, starts the watchdog of its first sign of
-// an answer (Config.FirstTokenTimeout), if any, and sets c.end to end them
-// all. With no timeout at all the call's context serves as it is: nothing
-// to allocate.
-func (c *call) attemptContext() (context.Context, *time.Timer) {
+// attemptContext returns the context of the next attempt, and starts the
+// timers of Config.AttemptTimeout and of its first sign of an answer
+// (Config.FirstTokenTimeout), if any; end stops them. With no timeout at
+// all the call's context serves as it is: nothing to allocate.
+func (c *call) attemptContext() context.Context {
 	t := c.t
-	c.wd = nil
 	if t.attemptTimeout <= 0 && t.firstTokenTimeout <= 0 && (!c.stream || t.idleTimeout <= 0) {
-		return c.ctx, nil
+		return c.ctx
 	}
 	actx, acancel := context.WithCancelCause(c.ctx)
 	c.acancel = acancel
-	var timer *time.Timer
 	if t.attemptTimeout > 0 {
-		timer = time.AfterFunc(t.attemptTimeout, func() { acancel(errAttemptTimeout) })
+		c.attemptTimer = t.clock.AfterFunc(t.attemptTimeout, c.attemptTimedOut)
 	}
 	if t.firstTokenTimeout > 0 {
-		c.wd = watchdog.Start(t.clock, t.firstTokenTimeout, func() bool { acancel(errFirstTokenTimeout); return true })
+		c.firstMu.Lock()
+		c.firstTimer = t.clock.AfterFunc(t.firstTokenTimeout, c.firstTokenTimedOut)
+		c.firstMu.Unlock()
 		if c.body != nil {
 			// Counted from the request's last byte: a slow upload is
-			// progress, not silence.
-			c.body = &progressBody{ReadCloser: c.body, wd: c.wd}
+			// progress, not silence. One per attempt: net/http may still
+			// be closing the last attempt's body.
+			c.body = &progressBody{ReadCloser: c.body, c: c}
 		}
 	}
-	c.end = func() {
-		if timer != nil {
-			timer.Stop()
-		}
-		c.wd.Stop()
-		acancel(context.Canceled)
-	}
-	return actx, timer
+	return actx
 }
 
-// progressBody is a request body whose reads kick the attempt's watchdog.
+// stopFirstTimer ends the wait for the first sign of an answer, and
+// reports false if it had timed out already.
+func (c *call) stopFirstTimer() bool {
+	c.firstMu.Lock()
+	defer c.firstMu.Unlock()
+	if c.firstTimer == nil {
+		return true
+	}
+	stopped := c.firstTimer.Stop()
+	c.firstTimer = nil
+	return stopped
+}
+
+func (c *call) attemptTimedOut()    { c.acancel(errAttemptTimeout) }
+func (c *call) firstTokenTimedOut() { c.acancel(errFirstTokenTimeout) }
+
+// end ends the current attempt: its timers, its watchdog, its context.
+func (c *call) end() {
+	if c.attemptTimer != nil {
+		c.attemptTimer.Stop()
+		c.attemptTimer = nil
+	}
+	c.stopFirstTimer()
+	c.wd.Stop()
+	c.wd = nil
+	if c.acancel != nil {
+		c.acancel(context.Canceled)
+	}
+}
+
+// progressBody is a request body whose reads push back the wait for the
+// first sign of an answer.
 type progressBody struct {
 	io.ReadCloser
-	wd *watchdog.Watchdog
+	c *call
 }
 
 func (b *progressBody) Read(p []byte) (int, error) {
-	b.wd.Kick()
+	b.c.firstMu.Lock()
+	if t := b.c.firstTimer; t != nil {
+		t.Reset(b.c.t.firstTokenTimeout)
+	}
+	b.c.firstMu.Unlock()
 	return b.ReadCloser.Read(p)
 }
 
@@ -403,7 +432,6 @@ func (c *call) abandon(resp *http.Response, err error) error {
 func (c *call) next(resp *http.Response, wait time.Duration) error {
 	discard(resp)
 	c.end()
-	c.end = nop
 	if err := sleep(c.ctx, wait); err != nil {
 		return callError(c.ctx, err)
 	}

@@ -236,7 +236,7 @@ func BenchmarkStreamBody(b *testing.B) {
 	br := bufio.NewReader(nil)
 	for range b.N {
 		rc := io.NopCloser(bytes.NewReader(stream.Bytes()))
-		c := &call{ctx: context.Background(), done: nop, end: nop}
+		c := &call{ctx: context.Background(), done: nop}
 		// As a chat stream gets it: the idle watchdog kicked at each event.
 		c.wd = watchdog.Start(watchdog.Real, time.Minute, func() bool { return true })
 		tb := &trackedBody{c: c, rc: newSSEScrubber(rc, fakeKey), sse: &sseWatcher{mustEnd: true, wd: c.wd}}
