@@ -106,7 +106,8 @@ func (c *call) attempt(tg *target) (*http.Response, error) {
 	countAttempt(c.ctx)
 	actx, timer := c.attemptContext()
 	resp, err := c.t.base.RoundTrip(c.prepare(actx, tg))
-	where := "" // the part of the exchange that failed, for a timeout
+	silence := err != nil // no response header: a timeout then is silence
+	where := ""           // the part of the exchange that failed, for a timeout
 	if err == nil && resp.StatusCode/100 == 2 && (c.stream || c.jsonCall) {
 		if c.stream {
 			err, where = peekFirstByte(resp), " before the stream's first byte"
@@ -128,6 +129,9 @@ func (c *call) attempt(tg *target) (*http.Response, error) {
 			err = fmt.Errorf("%w after %v%s", errAttemptTimeout, c.t.attemptTimeout, where)
 		} else {
 			err = fmt.Errorf("%w after %v: %w", errAttemptTimeout, c.t.attemptTimeout, err)
+		}
+		if silence {
+			err = fmt.Errorf("%w: %w", errSilent, err)
 		}
 	}
 	return resp, err
