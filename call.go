@@ -37,6 +37,9 @@ type call struct {
 	getBody  func() (io.ReadCloser, error) // a fresh body for each later attempt
 	attempts int
 	backoff  backoff.BackOff // made on the first retry
+	route    route           // the targets the call may still go to
+	key      secret          // the key sent with the current attempt, for scrubbing its answer
+	raw      []byte          // the request body, read once for a target with a model of its own
 
 	// tracked is the body handed over with the response, allocated with
 	// the call: it keeps the call in flight until it is done.
@@ -155,7 +158,8 @@ func nop() {}
 
 // prepare makes the request of one attempt at tg: a shallow copy of the
 // call's request with its own context, body and headers (the request itself
-// must not be modified, as the http.RoundTripper contract says).
+// must not be modified, as the http.RoundTripper contract says), moved to
+// tg, with tg's key and model.
 func (c *call) prepare(ctx context.Context, tg *target) *http.Request {
 	areq := c.req.WithContext(ctx)
 	// A new map, sharing the value slices: only Authorization is set, by
@@ -171,22 +175,68 @@ func (c *call) prepare(ctx context.Context, tg *target) *http.Request {
 		areq.URL = u
 		areq.Host = ""
 	}
-	if bearer, ok := c.t.router.bearer(areq.URL); ok {
-		areq.Header["Authorization"] = []string{string(bearer)}
+	c.key = ""
+	if kt := c.t.router.auth(areq.URL, tg); kt != nil && kt.bearer != "" {
+		areq.Header["Authorization"] = []string{string(kt.bearer)}
+		c.key = kt.key
+	}
+	if tg.model != "" {
+		c.withModel(areq, tg.model)
 	}
 	return areq
 }
 
+// withModel gives areq, a request of the call, a body whose model is
+// model, if it is a chat or text completion request in JSON that names
+// another. The call's body is read once, from a copy, for the first such
+// attempt.
+func (c *call) withModel(areq *http.Request, model string) {
+	if c.req.Method != http.MethodPost || c.getBody == nil ||
+		!(strings.HasSuffix(c.req.URL.Path, "/chat/completions") || strings.HasSuffix(c.req.URL.Path, "/completions")) ||
+		!strings.HasPrefix(c.req.Header.Get("Content-Type"), "application/json") {
+		return
+	}
+	if c.raw == nil {
+		rc, err := c.getBody()
+		if err != nil {
+			return
+		}
+		c.raw, err = io.ReadAll(rc)
+		rc.Close()
+		if err != nil || c.raw == nil {
+			c.raw = nil
+			return
+		}
+	}
+	body := setModel(c.raw, model, true)
+	if body == nil {
+		return // the model it names already, or no JSON object
+	}
+	if c.body != nil {
+		c.body.Close()
+	}
+	areq.ContentLength = int64(len(body))
+	areq.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(body)), nil }
+	areq.Body, _ = areq.GetBody()
+	c.body = areq.Body
+}
+
 // handOver gives go-openai the response of the call's final attempt, its
 // body wrapped so that the call is released when the body is done, and
-// what go-openai would misread turned into errors it will report.
+// what go-openai would misread turned into errors it will report. The
+// key sent is scrubbed from what go-openai may quote, and so are the
+// other targets' keys, should a server know one.
 func (c *call) handOver(resp *http.Response) *http.Response {
 	t, tb := c.t, &c.tracked
+	others := t.router.otherKeys(c.key)
 	body := resp.Body
 	ok := resp.StatusCode/100 == 2
 	switch {
 	case resp.StatusCode < 200 || resp.StatusCode >= 400: // go-openai's failure statuses
-		body = &errorBody{rc: body, key: t.key}
+		body = &errorBody{rc: body, key: c.key}
+		for _, k := range others {
+			body = &errorBody{rc: body, key: k}
+		}
 	case c.stream && resp.StatusCode/100 == 3:
 		// A redirect that reached here is one the http.Client may still
 		// follow, draining and closing this body, or one it will hand
@@ -195,13 +245,27 @@ func (c *call) handOver(resp *http.Response) *http.Response {
 		// stream, its page as no events, and end with a clean io.EOF.
 		body = &notStreamBody{rc: body, status: resp.Status}
 	case ok && t.apiError != nil && !isSSE(resp) && (c.stream || c.jsonCall):
-		tb.env = envelopeBody{rc: body, resp: resp, key: t.key, apiError: t.apiError}
+		apiError := t.apiError
+		if len(others) > 0 {
+			apiError = func(resp *http.Response, b []byte) error {
+				for _, k := range others {
+					b = scrubJSON(scrub(b, k, false), k)
+				}
+				return t.apiError(resp, b)
+			}
+		}
+		tb.env = envelopeBody{rc: body, resp: resp, key: c.key, apiError: apiError}
 		body = &tb.env
 	}
-	if ok && t.key != "" && (c.stream || isSSE(resp)) {
+	if ok && (c.stream || isSSE(resp)) {
 		// go-openai reads a stream by lines, and makes an error of some:
 		// the key must not be in them.
-		body = newSSEScrubber(body, t.key)
+		if c.key != "" {
+			body = newSSEScrubber(body, c.key)
+		}
+		for _, k := range others {
+			body = newSSEScrubber(body, k)
+		}
 	}
 	tb.rc = body
 	// A stream request answered 2xx must end with [DONE] whatever its

@@ -533,9 +533,12 @@ func TestFailoverWrapsAround(t *testing.T) {
 	assert.Equal(t, 1, settled(t, a).Completed("round"))
 }
 
+// TestAttemptTimeoutRetried: an attempt that timed out once its answer had
+// begun is retried on the same target (a silent one is not: see
+// TestSilentTargetOneTimeout).
 func TestAttemptTimeoutRetried(t *testing.T) {
 	srv := newServer(t)
-	srv.Script(llmtest.Hang())
+	srv.Script(llmtest.Stall(0))
 	c := newTestClient(t, srv, Config{AttemptTimeout: 100 * time.Millisecond})
 	got, err := c.Chat(context.Background(), "eventually")
 	require.NoError(t, err)
