@@ -39,6 +39,9 @@ type call struct {
 	getBody  func() (io.ReadCloser, error) // a fresh body for each later attempt
 	attempts int
 	backoff  backoff.BackOff // made on the first retry
+	route    route           // the targets the call may still go to
+	key      secret          // the key sent with the current attempt, for scrubbing its answer
+	raw      []byte          // the request body, read once for a target with a model of its own
 
 	// The current attempt's: its context's cancel (nil when it has the
 	// call's context); the timers of Config.AttemptTimeout and of its
@@ -280,8 +283,9 @@ const (
 
 // errFirstTokenTimeout is the cause of an attempt cancelled by
 // Config.FirstTokenTimeout. Like errAttemptTimeout it matches
-// context.DeadlineExceeded and reports Timeout() true; it also matches
-// errSilent, so the attempt is tried on another target.
+// context.DeadlineExceeded and reports Timeout() true. Whether the
+// attempt was silent (errSilent) depends on where it was cut; see
+// timeoutError.
 var errFirstTokenTimeout error = firstTokenTimeoutError{}
 
 type firstTokenTimeoutError struct{}
@@ -290,13 +294,11 @@ func (firstTokenTimeoutError) Error() string { return "llmdrain: no first token 
 
 func (firstTokenTimeoutError) Timeout() bool { return true }
 
-func (firstTokenTimeoutError) Is(target error) bool {
-	return target == context.DeadlineExceeded || target == errSilent
-}
+func (firstTokenTimeoutError) Is(target error) bool { return target == context.DeadlineExceeded }
 
 // timeoutError is the error of an attempt cut by one of its timeouts
 // (errAttemptTimeout or errFirstTokenTimeout), saying after how long and
-// where. It matches errSilent when nothing of an answer had come yet, and
+// where. It matches errSilent when nothing at all had come back, and
 // wraps the error the cut made, unless that is the timeout itself.
 type timeoutError struct {
 	timeout error
@@ -325,7 +327,10 @@ func (e *timeoutError) Timeout() bool { return true }
 
 func (e *timeoutError) Unwrap() []error {
 	errs := []error{e.timeout}
-	if e.where != readingBody {
+	if e.where == waitHeaders {
+		// Nothing at all came back: the target is silent, and one wait
+		// for it is enough. A stream whose headers came but no event
+		// is retried like any broken attempt.
 		errs = append(errs, errSilent)
 	}
 	if e.err != nil {
@@ -338,7 +343,8 @@ func nop() {}
 
 // prepare makes the request of one attempt at tg: a shallow copy of the
 // call's request with its own context, body and headers (the request itself
-// must not be modified, as the http.RoundTripper contract says).
+// must not be modified, as the http.RoundTripper contract says), moved to
+// tg, with tg's key and model.
 func (c *call) prepare(ctx context.Context, tg *target) *http.Request {
 	areq := c.req.WithContext(ctx)
 	// A new map, sharing the value slices: only Authorization is set, by
@@ -354,22 +360,68 @@ func (c *call) prepare(ctx context.Context, tg *target) *http.Request {
 		areq.URL = u
 		areq.Host = ""
 	}
-	if bearer, ok := c.t.router.bearer(areq.URL); ok {
-		areq.Header["Authorization"] = []string{string(bearer)}
+	c.key = ""
+	if kt := c.t.router.auth(areq.URL, tg); kt != nil && kt.bearer != "" {
+		areq.Header["Authorization"] = []string{string(kt.bearer)}
+		c.key = kt.key
+	}
+	if tg.model != "" {
+		c.withModel(areq, tg.model)
 	}
 	return areq
 }
 
+// withModel gives areq, a request of the call, a body whose model is
+// model, if it is a chat or text completion request in JSON that names
+// another. The call's body is read once, from a copy, for the first such
+// attempt.
+func (c *call) withModel(areq *http.Request, model string) {
+	if c.req.Method != http.MethodPost || c.getBody == nil ||
+		!(strings.HasSuffix(c.req.URL.Path, "/chat/completions") || strings.HasSuffix(c.req.URL.Path, "/completions")) ||
+		!strings.HasPrefix(c.req.Header.Get("Content-Type"), "application/json") {
+		return
+	}
+	if c.raw == nil {
+		rc, err := c.getBody()
+		if err != nil {
+			return
+		}
+		c.raw, err = io.ReadAll(rc)
+		rc.Close()
+		if err != nil || c.raw == nil {
+			c.raw = nil
+			return
+		}
+	}
+	body := setModel(c.raw, model, true)
+	if body == nil {
+		return // the model it names already, or no JSON object
+	}
+	if c.body != nil {
+		c.body.Close()
+	}
+	areq.ContentLength = int64(len(body))
+	areq.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(body)), nil }
+	areq.Body, _ = areq.GetBody()
+	c.body = areq.Body
+}
+
 // handOver gives go-openai the response of the call's final attempt, its
 // body wrapped so that the call is released when the body is done, and
-// what go-openai would misread turned into errors it will report.
+// what go-openai would misread turned into errors it will report. The
+// key sent is scrubbed from what go-openai may quote, and so are the
+// other targets' keys, should a server know one.
 func (c *call) handOver(resp *http.Response) *http.Response {
 	t, tb := c.t, &c.tracked
+	others := t.router.otherKeys(c.key)
 	body := resp.Body
 	ok := resp.StatusCode/100 == 2
 	switch {
 	case resp.StatusCode < 200 || resp.StatusCode >= 400: // go-openai's failure statuses
-		body = &errorBody{rc: body, key: t.key}
+		body = &errorBody{rc: body, key: c.key}
+		for _, k := range others {
+			body = &errorBody{rc: body, key: k}
+		}
 	case c.stream && resp.StatusCode/100 == 3:
 		// A redirect that reached here is one the http.Client may still
 		// follow, draining and closing this body, or one it will hand
@@ -378,13 +430,27 @@ func (c *call) handOver(resp *http.Response) *http.Response {
 		// stream, its page as no events, and end with a clean io.EOF.
 		body = &notStreamBody{rc: body, status: resp.Status}
 	case ok && t.apiError != nil && !isSSE(resp) && (c.stream || c.jsonCall):
-		tb.env = envelopeBody{rc: body, resp: resp, key: t.key, apiError: t.apiError}
+		apiError := t.apiError
+		if len(others) > 0 {
+			apiError = func(resp *http.Response, b []byte) error {
+				for _, k := range others {
+					b = scrubJSON(scrub(b, k, false), k)
+				}
+				return t.apiError(resp, b)
+			}
+		}
+		tb.env = envelopeBody{rc: body, resp: resp, key: c.key, apiError: apiError}
 		body = &tb.env
 	}
-	if ok && t.key != "" && (c.stream || isSSE(resp)) {
+	if ok && (c.stream || isSSE(resp)) {
 		// go-openai reads a stream by lines, and makes an error of some:
 		// the key must not be in them.
-		body = newSSEScrubber(body, t.key)
+		if c.key != "" {
+			body = newSSEScrubber(body, c.key)
+		}
+		for _, k := range others {
+			body = newSSEScrubber(body, k)
+		}
 	}
 	tb.rc = body
 	// A chat stream request answered 2xx must end with [DONE] (or after a

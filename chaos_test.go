@@ -618,7 +618,10 @@ func classifyCall(ctx context.Context, err error) string {
 		return "truncated (io.ErrUnexpectedEOF)"
 	case errors.Is(err, syscall.ECONNREFUSED):
 		return "conn refused, retries exhausted"
-	case errors.Is(err, syscall.ECONNRESET):
+	case errors.Is(err, syscall.ECONNRESET), errors.Is(err, syscall.EPIPE):
+		// A dying endpoint can cut a connection while the request is
+		// still being written: a broken pipe is a reset seen from the
+		// writing side.
 		return "conn reset, retries exhausted"
 	case errors.Is(err, io.EOF), isServerClosedIdle(err):
 		return "conn closed, retries exhausted"

@@ -18,6 +18,7 @@ import (
 	openai "github.com/sashabaranov/go-openai"
 	"golang.org/x/sync/semaphore"
 
+	"github.com/llmdrain/llmdrain/internal/breaker"
 	"github.com/llmdrain/llmdrain/internal/watchdog"
 )
 
@@ -39,6 +40,10 @@ type Client struct {
 	tracker *Tracker
 	model   string
 	base    string // primary endpoint, for String
+	// fallbacks prints the fallback targets for String, keys redacted;
+	// empty: none. (A []Target field would show them under %#v: fmt
+	// does not call the Format method of an unexported field.)
+	fallbacks string
 }
 
 // New validates cfg, applies its defaults and environment, and returns a
@@ -50,40 +55,40 @@ func New(cfg Config) (*Client, error) {
 	if err != nil {
 		return nil, err
 	}
-	key := secret(r.APIKey)
 	tr := &transport{
 		tracker:        r.Tracker,
 		policy:         retryPolicy{maxRetries: r.MaxRetries, maxRetryAfter: r.MaxRetryAfter, newBackoff: r.Backoff},
 		shouldRetry:    r.ShouldRetry,
 		attemptTimeout: r.AttemptTimeout,
 		logger:         r.Logger,
-		key:            key,
 		apiError:       envelopeError,
 
 		firstTokenTimeout: r.FirstTokenTimeout,
 		idleTimeout:       r.StreamIdleTimeout,
 		clock:             watchdog.Real,
 	}
-	tr.router = &router{failoverAfter: int32(r.FailoverAfter)}
-	var origins []origin
-	for i, ep := range r.endpoints {
-		u, err := url.Parse(ep) // valid: resolve checked it
-		if err != nil {
-			continue
-		}
-		tg := &target{index: int32(i), base: ep, origin: origin{scheme: u.Scheme, host: u.Host}}
-		if key != "" {
-			tg.bearer = "Bearer " + key
-		}
-		tr.router.targets = append(tr.router.targets, tg)
+	tr.router = newRouter(r, nil)
+	var (
+		origins []origin
+		keys    []secret
+	)
+	for _, tg := range tr.router.targets {
 		origins = append(origins, tg.origin)
+		keys = append(keys, tg.key)
 	}
-	tr.router.onFailover = func(from, to *target) {
-		tr.log(context.Background(), "llmdrain: failing over", "from", from.host(), "to", to.host())
+	tr.router.onEject = func(tg *target, d time.Duration) {
+		tr.log(context.Background(), "llmdrain: target out of rotation", "endpoint", tg.host(), "model", tg.model, "cooldown", d)
 	}
-	tr.base = newKeyGuard(baseTransport(r.HTTPClient), origins, key)
+	tr.router.onRestore = func(tg *target) {
+		tr.log(context.Background(), "llmdrain: target back in rotation", "endpoint", tg.host(), "model", tg.model)
+	}
+	tr.base = newKeyGuard(baseTransport(r.HTTPClient), origins, keys)
 	if r.MaxConcurrent > 0 {
 		tr.sem = semaphore.NewWeighted(int64(r.MaxConcurrent))
+	}
+	fallbacks := ""
+	if len(r.targets) > 1 {
+		fallbacks = targetsString(r.targets[1:])
 	}
 	hc := &http.Client{
 		Transport:     tr,
@@ -102,14 +107,42 @@ func New(cfg Config) (*Client, error) {
 	phc.Transport = &modelDefault{next: tr, model: r.Model}
 	pc.HTTPClient = &phc
 	return &Client{
-		retry:   chatRetry{policy: tr.policy, shouldRetry: tr.shouldRetry, logger: tr.logger},
-		oa:      openai.NewClientWithConfig(oc),
-		public:  openai.NewClientWithConfig(pc),
-		http:    hc,
-		tracker: r.Tracker,
-		model:   r.Model,
-		base:    redactURL(r.endpoints[0]),
+		retry:     chatRetry{policy: tr.policy, shouldRetry: tr.shouldRetry, logger: tr.logger},
+		oa:        openai.NewClientWithConfig(oc),
+		public:    openai.NewClientWithConfig(pc),
+		http:      hc,
+		tracker:   r.Tracker,
+		model:     r.Model,
+		base:      redactURL(r.endpoints[0]),
+		fallbacks: fallbacks,
 	}, nil
+}
+
+// newRouter makes the router of r's targets, their breakers reading now
+// (nil: time.Now). A single target gets no breaker: there is nowhere else
+// to go.
+func newRouter(r resolved, now func() time.Time) *router {
+	rt := &router{}
+	for _, t := range r.targets {
+		u, err := url.Parse(t.BaseURL) // valid: resolve checked it
+		if err != nil {
+			continue
+		}
+		tg := &target{index: int32(len(rt.targets)), base: t.BaseURL, origin: origin{scheme: u.Scheme, host: u.Host},
+			key: secret(t.APIKey), model: t.Model, long: t.LongContext}
+		if tg.key != "" {
+			tg.bearer = "Bearer " + tg.key
+		}
+		if len(r.targets) > 1 {
+			tg.breaker = breaker.New(breaker.Policy{Threshold: r.FailoverAfter, Base: r.Cooldown, Max: r.MaxCooldown, Now: now})
+		}
+		if tg.key != "" && !slices.Contains(rt.keys, tg.key) {
+			rt.keys = append(rt.keys, tg.key)
+		}
+		rt.hasLong = rt.hasLong || tg.long
+		rt.targets = append(rt.targets, tg)
+	}
+	return rt
 }
 
 // Chat sends prompt as a single user message to the configured model and
@@ -325,9 +358,13 @@ func envelopeError(resp *http.Response, body []byte) error {
 	return er.Error
 }
 
-// String describes the client without its key.
+// String describes the client without its keys: its primary endpoint and
+// model, and its fallback targets, if any, with every key "[redacted]".
 func (c *Client) String() string {
-	return fmt.Sprintf("llmdrain.Client{BaseURL: %q, Model: %q}", c.base, c.model)
+	if c.fallbacks == "" {
+		return fmt.Sprintf("llmdrain.Client{BaseURL: %q, Model: %q}", c.base, c.model)
+	}
+	return fmt.Sprintf("llmdrain.Client{BaseURL: %q, Model: %q, Fallbacks: %s}", c.base, c.model, c.fallbacks)
 }
 
 // modelDefault sets the model of a chat or text completion request whose
@@ -386,21 +423,38 @@ func (m *modelDefault) CloseIdleConnections() {
 
 // withModel returns body, a JSON object, with its "model" set to model if
 // it was empty or missing; nil if body needs no change or is no object.
-func withModel(body []byte, model string) []byte {
+func withModel(body []byte, model string) []byte { return setModel(body, model, false) }
+
+// setModel returns body, a JSON object, with its "model" set to model if
+// it was empty or missing, or, with replace, any other; nil if body needs
+// no change or is no object.
+func setModel(body []byte, model string, replace bool) []byte {
 	quoted, err := json.Marshal(model)
 	if err != nil {
 		return nil
 	}
-	if rest, ok := bytes.CutPrefix(body, []byte(emptyModel)); ok {
-		// go-openai's encoding: put the model in place, keep the rest.
-		return slices.Concat([]byte(`{"model":`), quoted, rest)
+	if rest, ok := bytes.CutPrefix(body, []byte(`{"model":`)); ok {
+		// go-openai's encoding, the model first: put it in place, keep
+		// the rest.
+		dec := json.NewDecoder(bytes.NewReader(rest))
+		if tok, err := dec.Token(); err == nil {
+			if cur, ok := tok.(string); ok {
+				if cur == model || cur != "" && !replace {
+					return nil
+				}
+				return slices.Concat([]byte(`{"model":`), quoted, rest[dec.InputOffset():])
+			}
+		}
 	}
 	var fields map[string]json.RawMessage
-	if json.Unmarshal(body, &fields) != nil {
+	if json.Unmarshal(body, &fields) != nil || fields == nil {
 		return nil
 	}
 	if m, ok := fields["model"]; ok && string(m) != `""` && string(m) != "null" {
-		return nil
+		var cur string
+		if !replace || json.Unmarshal(m, &cur) == nil && cur == model {
+			return nil
+		}
 	}
 	fields["model"] = quoted
 	out, err := json.Marshal(fields)

@@ -42,9 +42,12 @@ func newTestClient(t *testing.T, srv *llmtest.Server, cfg Config) *Client {
 	return c
 }
 
+// newServer starts an llmtest server that requires fakeKey and serves any
+// model name: these tests are about the client, which sends the models it
+// is given.
 func newServer(t *testing.T, opts ...llmtest.Option) *llmtest.Server {
 	t.Helper()
-	srv := llmtest.NewServer(append([]llmtest.Option{llmtest.WithAPIKey(fakeKey)}, opts...)...)
+	srv := llmtest.NewServer(append([]llmtest.Option{llmtest.WithAPIKey(fakeKey), llmtest.WithModels()}, opts...)...)
 	t.Cleanup(srv.Close)
 	return srv
 }
@@ -533,9 +536,12 @@ func TestFailoverWrapsAround(t *testing.T) {
 	assert.Equal(t, 1, settled(t, a).Completed("round"))
 }
 
+// TestAttemptTimeoutRetried: an attempt that timed out once its answer had
+// begun is retried on the same target (a silent one is not: see
+// TestSilentTargetOneTimeout).
 func TestAttemptTimeoutRetried(t *testing.T) {
 	srv := newServer(t)
-	srv.Script(llmtest.Hang())
+	srv.Script(llmtest.Stall(0))
 	c := newTestClient(t, srv, Config{AttemptTimeout: 100 * time.Millisecond})
 	got, err := c.Chat(context.Background(), "eventually")
 	require.NoError(t, err)

@@ -53,9 +53,10 @@ var ErrInvalidConfig = errors.New("llmdrain: invalid config")
 // Printing a Config (any fmt verb, or slog) never shows the API key, nor
 // the credentials, query or fragment of its URLs.
 type Config struct {
-	// APIKey is sent as a bearer token to the endpoints (the scheme and
-	// host of BaseURL and FallbackURLs) and nowhere else, redirects
-	// included. Empty means $HOLYSHEEP_API_KEY.
+	// APIKey is sent as a bearer token to the endpoints that use it (the
+	// scheme and host of BaseURL, FallbackURLs and the Fallbacks without a
+	// key of their own) and nowhere else, redirects included. Empty means
+	// $HOLYSHEEP_API_KEY.
 	APIKey string
 	// BaseURL is the OpenAI-compatible API root, such as
 	// "https://api.holysheep.ai/v1". Empty means $HOLYSHEEP_BASE_URL, then
@@ -70,10 +71,25 @@ type Config struct {
 	// anything is sent if the connection is not to a loopback address; see
 	// HTTPClient for the transports this needs.
 	BaseURL string
-	// FallbackURLs are tried in order, wrapping around, when the endpoint
-	// in use fails FailoverAfter attempts in a row. They share the API key
-	// and follow BaseURL's rules.
+	// FallbackURLs are shorthand for Fallbacks that differ from the
+	// primary endpoint by their URL only: each is Target{BaseURL: u}. They
+	// come before Fallbacks, in order, share the API key and follow
+	// BaseURL's rules.
 	FallbackURLs []string
+	// Fallbacks are the targets a call may be sent to when the primary
+	// endpoint (BaseURL, APIKey) is out, in order after FallbackURLs: see
+	// Target. Each target has a breaker: after FailoverAfter failed
+	// attempts in a row it is out of rotation for a cool-down (Cooldown,
+	// growing with each ejection in a row, up to MaxCooldown), then one
+	// probe is let through, whose success puts it back. Every attempt
+	// goes to the first target, primary first, that admits it; when none
+	// does, to the one out longest: every target is never out at once.
+	// So traffic leaves a failing primary after FailoverAfter attempts and
+	// returns to it, once it has recovered, within MaxCooldown.
+	//
+	// A stream fails over only before its first byte has reached the
+	// caller; nothing is replayed after that.
+	Fallbacks []Target
 	// Model is the model of Chat, and of the chat and text completion
 	// requests that leave it empty: CreateChatCompletion,
 	// CreateChatCompletionStream, and the same requests (and
@@ -153,18 +169,32 @@ type Config struct {
 	// DefaultMaxRetryAfter.
 	MaxRetryAfter time.Duration
 	// FailoverAfter is how many consecutive failed attempts against one
-	// endpoint move later attempts to the next FallbackURLs entry. 0 means
-	// DefaultFailoverAfter.
+	// target (a retried status, a connection error, a timeout) take it out
+	// of rotation, moving later attempts to the next target; see
+	// Fallbacks. 0 means DefaultFailoverAfter.
 	FailoverAfter int
+	// Cooldown is how long a target is out of rotation after its first
+	// ejection; the n-th ejection in a row lasts n × Cooldown, up to
+	// MaxCooldown (one ejection is forgiven for each MaxCooldown the target
+	// then works). 0 means DefaultCooldown.
+	Cooldown time.Duration
+	// MaxCooldown caps a target's time out of rotation, and so bounds how
+	// long traffic stays away from a primary that has recovered. 0 means
+	// DefaultMaxCooldown, or Cooldown if that is longer.
+	MaxCooldown time.Duration
 	// Tracker registers this client's calls. Nil means a new Tracker of
 	// its own; pass one Tracker to several clients to drain them together.
 	Tracker *Tracker
 }
 
-// String describes the config with the API key redacted.
+// String describes the config with the API keys redacted.
 func (c Config) String() string {
-	return fmt.Sprintf("llmdrain.Config{APIKey: %s, BaseURL: %q, FallbackURLs: %q, Model: %q, MaxRetries: %d, MaxConcurrent: %d, AttemptTimeout: %v, FirstTokenTimeout: %v, StreamIdleTimeout: %v}",
-		redact(c.APIKey), redactURL(c.BaseURL), redactURLs(c.FallbackURLs), c.Model, c.MaxRetries, c.MaxConcurrent, c.AttemptTimeout, c.FirstTokenTimeout, c.StreamIdleTimeout)
+	fallbacks := ""
+	if len(c.Fallbacks) > 0 {
+		fallbacks = ", Fallbacks: " + targetsString(c.Fallbacks)
+	}
+	return fmt.Sprintf("llmdrain.Config{APIKey: %s, BaseURL: %q, FallbackURLs: %q%s, Model: %q, MaxRetries: %d, MaxConcurrent: %d, AttemptTimeout: %v, FirstTokenTimeout: %v, StreamIdleTimeout: %v}",
+		redact(c.APIKey), redactURL(c.BaseURL), redactURLs(c.FallbackURLs), fallbacks, c.Model, c.MaxRetries, c.MaxConcurrent, c.AttemptTimeout, c.FirstTokenTimeout, c.StreamIdleTimeout)
 }
 
 // Format makes every fmt verb (%v, %+v, %#v, %s, %d, ...) print String, so
@@ -177,6 +207,7 @@ func (c Config) LogValue() slog.Value {
 		slog.String("api_key", redact(c.APIKey)),
 		slog.String("base_url", redactURL(c.BaseURL)),
 		slog.Any("fallback_urls", redactURLs(c.FallbackURLs)),
+		slog.Any("fallbacks", targetValues(c.Fallbacks)),
 		slog.String("model", c.Model),
 		slog.Int("max_retries", c.MaxRetries),
 		slog.Int("max_concurrent", c.MaxConcurrent),
@@ -225,6 +256,72 @@ func redactURLs(ss []string) []string {
 	return out
 }
 
+// Target is an endpoint a call may be sent to instead of the primary one
+// (Config.BaseURL with Config.APIKey); see Config.Fallbacks. An empty field
+// inherits the primary's. Printing a Target (any fmt verb, or slog) never
+// shows its key, nor the credentials, query or fragment of its URL.
+type Target struct {
+	// BaseURL is the target's API root, following Config.BaseURL's
+	// rules. Empty means the primary's.
+	BaseURL string
+	// APIKey is sent as a bearer token to this target's origin (the
+	// scheme and host of its BaseURL) only, never to another target's nor
+	// on a redirect elsewhere; two targets at one origin each send their
+	// own. Empty means the primary's key.
+	APIKey string
+	// Model is put in the chat and text completion requests sent to this
+	// target, in place of the one they name: the response's model field
+	// then says which answered. Empty means the request's model is kept
+	// (Config.Model when it names none).
+	Model string
+	// LongContext marks the target as the place for the calls too long for
+	// the others: a call that a target without it answers 400 with the
+	// error code context_length_exceeded goes on to the LongContext
+	// targets, and stays with them, instead of ending with that error.
+	// Without any, such a call ends with it at once; it is never retried
+	// on the target that gave it. A LongContext target is also a fallback
+	// in its turn.
+	LongContext bool
+}
+
+// String describes the target with its API key redacted.
+func (t Target) String() string {
+	s := fmt.Sprintf("{BaseURL: %q, APIKey: %s, Model: %q", redactURL(t.BaseURL), redact(t.APIKey), t.Model)
+	if t.LongContext {
+		s += ", LongContext: true"
+	}
+	return s + "}"
+}
+
+// Format makes every fmt verb print String.
+func (t Target) Format(f fmt.State, _ rune) { fmt.Fprint(f, t.String()) }
+
+// LogValue gives slog the redacted fields.
+func (t Target) LogValue() slog.Value {
+	return slog.GroupValue(
+		slog.String("base_url", redactURL(t.BaseURL)),
+		slog.String("api_key", redact(t.APIKey)),
+		slog.String("model", t.Model),
+		slog.Bool("long_context", t.LongContext),
+	)
+}
+
+func targetsString(ts []Target) string {
+	parts := make([]string, len(ts))
+	for i, t := range ts {
+		parts[i] = t.String()
+	}
+	return "[" + strings.Join(parts, ", ") + "]"
+}
+
+func targetValues(ts []Target) []slog.Value {
+	vs := make([]slog.Value, len(ts))
+	for i, t := range ts {
+		vs[i] = t.LogValue()
+	}
+	return vs
+}
+
 // ConfigError describes one problem New found in a Config. It matches
 // ErrInvalidConfig with errors.Is. Its text names the field and never
 // contains the API key.
@@ -244,7 +341,8 @@ func (e *ConfigError) Is(target error) bool { return target == ErrInvalidConfig 
 // resolved is a validated Config with its defaults applied.
 type resolved struct {
 	Config
-	endpoints []string // BaseURL then FallbackURLs, normalised by checkURL
+	endpoints []string // BaseURL, FallbackURLs then Fallbacks, normalised by checkURL
+	targets   []Target // the same, with every field inherited filled in
 }
 
 // resolve applies environment and defaults and validates. All problems are
@@ -258,13 +356,10 @@ func resolve(cfg Config) (resolved, error) {
 	if cfg.APIKey == "" {
 		cfg.APIKey = os.Getenv(EnvAPIKey)
 	}
-	switch {
-	case cfg.APIKey == "":
+	if cfg.APIKey == "" {
 		bad("APIKey", "empty; set %s or Config.APIKey", EnvAPIKey)
-	case strings.IndexFunc(cfg.APIKey, unicode.IsSpace) >= 0:
-		bad("APIKey", "contains whitespace or a line break (a key written with echo into a secret ends in a newline; use printf or echo -n)")
-	case strings.IndexFunc(cfg.APIKey, func(r rune) bool { return !unicode.IsPrint(r) }) >= 0:
-		bad("APIKey", "contains non-printable characters")
+	} else if p := keyProblem(cfg.APIKey); p != "" {
+		bad("APIKey", "%s", p)
 	}
 
 	if cfg.BaseURL == "" {
@@ -285,12 +380,36 @@ func resolve(cfg Config) (resolved, error) {
 		bad("BaseURL", "%s", err)
 	}
 	r.endpoints = append(r.endpoints, ep)
+	r.targets = append(r.targets, Target{BaseURL: ep, APIKey: cfg.APIKey})
 	for i, u := range cfg.FallbackURLs {
 		ep, err := checkURL(u, checked)
 		if err != "" {
 			bad(fmt.Sprintf("FallbackURLs[%d]", i), "%s", err)
 		}
 		r.endpoints = append(r.endpoints, ep)
+		r.targets = append(r.targets, Target{BaseURL: ep, APIKey: cfg.APIKey})
+	}
+	for i, tg := range cfg.Fallbacks {
+		field := fmt.Sprintf("Fallbacks[%d]", i)
+		if tg.BaseURL == "" {
+			tg.BaseURL = r.endpoints[0]
+		} else {
+			ep, err := checkURL(tg.BaseURL, checked)
+			if err != "" {
+				bad(field+".BaseURL", "%s", err)
+			}
+			tg.BaseURL = ep
+		}
+		if tg.APIKey == "" {
+			tg.APIKey = cfg.APIKey
+		} else if p := keyProblem(tg.APIKey); p != "" {
+			bad(field+".APIKey", "%s", p)
+		}
+		if strings.IndexFunc(tg.Model, func(r rune) bool { return !unicode.IsPrint(r) }) >= 0 {
+			bad(field+".Model", "contains non-printable characters")
+		}
+		r.endpoints = append(r.endpoints, tg.BaseURL)
+		r.targets = append(r.targets, tg)
 	}
 
 	if cfg.Model == "" {
@@ -330,6 +449,20 @@ func resolve(cfg Config) (resolved, error) {
 	case cfg.FailoverAfter == 0:
 		cfg.FailoverAfter = DefaultFailoverAfter
 	}
+	switch {
+	case cfg.Cooldown < 0:
+		bad("Cooldown", "negative (%v); use 0 for the default %v", cfg.Cooldown, DefaultCooldown)
+	case cfg.Cooldown == 0:
+		cfg.Cooldown = DefaultCooldown
+	}
+	switch {
+	case cfg.MaxCooldown < 0:
+		bad("MaxCooldown", "negative (%v); use 0 for the default %v", cfg.MaxCooldown, DefaultMaxCooldown)
+	case cfg.MaxCooldown == 0:
+		cfg.MaxCooldown = max(DefaultMaxCooldown, cfg.Cooldown)
+	case cfg.MaxCooldown < cfg.Cooldown:
+		bad("MaxCooldown", "%v is shorter than Cooldown (%v)", cfg.MaxCooldown, cfg.Cooldown)
+	}
 	if cfg.Backoff == nil {
 		cfg.Backoff = DefaultBackoff
 	}
@@ -356,6 +489,17 @@ func watchdogLimit(d, def time.Duration) time.Duration {
 // minWatchdogLimit is the least positive watchdog timeout accepted: less is
 // a duration given in the wrong unit (FirstTokenTimeout: 60 is 60 ns).
 const minWatchdogLimit = time.Millisecond
+
+// keyProblem says what is wrong with a non-empty API key, or "".
+func keyProblem(key string) string {
+	switch {
+	case strings.IndexFunc(key, unicode.IsSpace) >= 0:
+		return "contains whitespace or a line break (a key written with echo into a secret ends in a newline; use printf or echo -n)"
+	case strings.IndexFunc(key, func(r rune) bool { return !unicode.IsPrint(r) }) >= 0:
+		return "contains non-printable characters"
+	}
+	return ""
+}
 
 // checkURL returns an endpoint URL normalised, and what is wrong with it,
 // or "". The message shows the URL with any password redacted. checked says

@@ -148,7 +148,8 @@ func TestEndpointsNormalised(t *testing.T) {
 	assert.Equal(t, []string{"https://api.example.com/V1", "http://localhost:8080", "https://[fe80::1%25En0]:443/a%2Fb"}, r.endpoints)
 	c, err := New(r.Config)
 	require.NoError(t, err)
-	assert.Equal(t, `llmdrain.Client{BaseURL: "https://api.example.com/V1", Model: "gpt-4o"}`, c.String())
+	assert.Equal(t, `llmdrain.Client{BaseURL: "https://api.example.com/V1", Model: "gpt-4o", Fallbacks: [`+
+		`{BaseURL: "http://localhost:8080", APIKey: [redacted], Model: ""}, {BaseURL: "https://[fe80::1%25En0]:443/a%2Fb", APIKey: [redacted], Model: ""}]}`, c.String())
 	var origins []origin
 	for _, tg := range c.http.Transport.(*transport).router.targets {
 		origins = append(origins, tg.origin)

@@ -9,6 +9,8 @@ import (
 	"sync"
 	"time"
 
+	openai "github.com/sashabaranov/go-openai"
+
 	"github.com/llmdrain/llmdrain"
 	"github.com/llmdrain/llmdrain/batchfile"
 	"github.com/llmdrain/llmdrain/llmtest"
@@ -187,4 +189,30 @@ func ExampleShard() {
 	// Output:
 	// 0/2 true
 	// 1/2 true
+}
+
+// Fallback targets, each with its own key and model: the primary out of
+// rotation after FailoverAfter failed attempts, the call goes on to the
+// fallback, whose model answers. The primary is probed again after its
+// cool-down, and takes the traffic back once it answers.
+func ExampleTarget() {
+	primary := llmtest.NewServer(llmtest.WithAPIKey("sk-primary"), llmtest.WithModels("big-model"))
+	defer primary.Close()
+	backup := llmtest.NewServer(llmtest.WithAPIKey("sk-backup"), llmtest.WithModels("other-model"))
+	defer backup.Close()
+	primary.Script(llmtest.Status(503), llmtest.Status(503), llmtest.Status(503))
+
+	c, _ := llmdrain.New(llmdrain.Config{
+		APIKey:  "sk-primary",
+		BaseURL: primary.URL,
+		Model:   "big-model",
+		Fallbacks: []llmdrain.Target{
+			{BaseURL: backup.URL, APIKey: "sk-backup", Model: "other-model"},
+		},
+	})
+	resp, err := c.CreateChatCompletion(context.Background(), openai.ChatCompletionRequest{
+		Messages: []openai.ChatCompletionMessage{{Role: openai.ChatMessageRoleUser, Content: "hi"}},
+	})
+	fmt.Println(resp.Model, err, primary.Stats().Requests, backup.Stats().Requests)
+	// Output: other-model <nil> 3 1
 }

@@ -9,6 +9,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -32,13 +33,18 @@ type keyGuard struct {
 	// *http.Transport to derive it from.
 	plain      *http.Transport
 	plainHosts []string // host[:port] of the plain-http endpoints
-	key        secret
+	keys       []secret // every target's key, none empty
 }
 
 // newKeyGuard wraps base for a client whose endpoints have the given
-// origins.
-func newKeyGuard(base http.RoundTripper, origins []origin, key secret) *keyGuard {
-	g := &keyGuard{base: base, key: key}
+// origins and keys.
+func newKeyGuard(base http.RoundTripper, origins []origin, keys []secret) *keyGuard {
+	g := &keyGuard{base: base}
+	for _, k := range keys {
+		if k != "" && !slices.Contains(g.keys, k) {
+			g.keys = append(g.keys, k)
+		}
+	}
 	for _, o := range origins {
 		if o.scheme == "http" {
 			g.plainHosts = append(g.plainHosts, o.host)
@@ -56,13 +62,16 @@ func (g *keyGuard) RoundTrip(req *http.Request) (*http.Response, error) {
 		rt = g.plain
 	}
 	resp, err := rt.RoundTrip(req)
-	if err != nil {
-		return resp, scrubError(err, g.key)
+	// Every key, not only the one sent: a response can come from a
+	// redirect, and keys at one origin could be echoed by the same server.
+	for _, key := range g.keys {
+		if err != nil {
+			err = scrubError(err, key)
+		} else if resp != nil && strings.Contains(resp.Status, string(key)) {
+			resp.Status = string(scrub([]byte(resp.Status), key, false))
+		}
 	}
-	if resp != nil && g.key != "" && strings.Contains(resp.Status, string(g.key)) {
-		resp.Status = string(scrub([]byte(resp.Status), g.key, false))
-	}
-	return resp, nil
+	return resp, err
 }
 
 // isPlainHost reports whether host is that of a plain-http endpoint: the

@@ -270,7 +270,9 @@ func TestSecretsNeverLeak(t *testing.T) {
 	})
 
 	t.Run("timeouts and deadlines", func(t *testing.T) {
-		srv.Script(llmtest.Hang(), llmtest.Hang(), llmtest.Hang())
+		// One for the attempt (a silent target is not tried twice by one
+		// call), one for the caller's deadline.
+		srv.Script(llmtest.Hang(), llmtest.Hang())
 		tc := newTestClient(t, srv, Config{Logger: logger, AttemptTimeout: 20 * time.Millisecond, MaxRetries: 1})
 		_, err := tc.Chat(ctx, "attempts time out")
 		assert.ErrorIs(t, err, context.DeadlineExceeded)
@@ -320,6 +322,46 @@ func TestSecretsNeverLeak(t *testing.T) {
 			record(name+", stream value", s)
 			require.NoError(t, rc.Shutdown(ctx))
 		}
+	})
+
+	t.Run("fallback targets with keys of their own", func(t *testing.T) {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		require.NoError(t, err)
+		down := "http://" + ln.Addr().String() + "/v1"
+		ln.Close()
+		fb := llmtest.NewServer(llmtest.WithAPIKey(fallbackKey), llmtest.WithModels())
+		defer fb.Close()
+		echo := `{"error":{"message":"bad key ` + fallbackKey + ` or ` + fakeKey + `"}}`
+		fb.Script(llmtest.Status(500).WithBody(echo), llmtest.Status(400).WithBody(echo))
+		rs := newRecorder(t, "HTTP/1.1 503 Bad key "+fallbackKey+"\r\nContent-Length: 3\r\nConnection: close\r\n\r\nbad")
+		cfg := Config{APIKey: fakeKey, BaseURL: down, FailoverAfter: 1, MaxRetries: 2, Logger: logger,
+			Backoff:   func() backoff.BackOff { return &backoff.ZeroBackOff{} },
+			Fallbacks: []Target{{BaseURL: fb.URL, APIKey: fallbackKey, Model: "fb"}, {BaseURL: "http://" + rs.addr() + "/v1", APIKey: fallbackKey}}}
+		record("config with fallbacks", cfg)
+		for _, tg := range cfg.Fallbacks {
+			record("target", tg)
+			record("target pointer", &tg)
+		}
+		fc, err := New(cfg)
+		require.NoError(t, err)
+		record("client with fallbacks", fc)
+		_, err = fc.Chat(ctx, "echoed by the fallbacks")
+		require.Error(t, err)
+		record("fallbacks echoing their key", err)
+		_, err = fc.Chat(ctx, "echoed in a 400")
+		require.Error(t, err)
+		record("fallback's 400 echoing its key", err)
+		s, err := fc.CreateChatCompletionStream(ctx, userMsg("a stream through the fallback"))
+		if err == nil {
+			_, err = readStream(s)
+			s.Close()
+		}
+		record("fallback stream", err)
+		assert.Equal(t, 3, fb.Stats().Requests, "the calls went to the fallback")
+		require.NoError(t, fc.Shutdown(ctx))
+		_, err = New(Config{APIKey: fakeKey, Fallbacks: []Target{{BaseURL: "https://u:" + fallbackKey + "@x.example.com", APIKey: fallbackKey + " "}}})
+		require.ErrorIs(t, err, ErrInvalidConfig)
+		record("bad fallback", err)
 	})
 
 	t.Run("wrong key", func(t *testing.T) {

@@ -76,7 +76,7 @@ func TestKeepAlivesBeforeFirstEvent(t *testing.T) {
 // it timed out.
 func TestSilentPlainCallBounded(t *testing.T) {
 	srv := newServer(t)
-	srv.Script(llmtest.Hang(), llmtest.Hang())
+	srv.Script(llmtest.Hang())
 	c := newTestClient(t, srv, Config{FirstTokenTimeout: 50 * time.Millisecond, MaxRetries: 1})
 	start := time.Now()
 	_, err := c.CreateChatCompletion(context.Background(), userMsg("anyone?"))
@@ -89,9 +89,9 @@ func TestSilentPlainCallBounded(t *testing.T) {
 	assert.True(t, to.Timeout())
 	var re *RetryError
 	require.ErrorAs(t, err, &re)
-	assert.Equal(t, 2, re.Attempts)
+	assert.Equal(t, 1, re.Attempts, "a single target costs one timeout, not one per retry")
 	assert.Contains(t, err.Error(), "before the response headers")
-	assert.Equal(t, 2, srv.Stats().Requests)
+	assert.Equal(t, 1, srv.Stats().Requests)
 	assert.Equal(t, 0, c.Tracker().InFlight())
 }
 
@@ -125,7 +125,11 @@ func TestAttemptTimeoutSilentOnlyBeforeAnswer(t *testing.T) {
 	assert.NotErrorIs(t, e, errSilent)
 	assert.ErrorIs(t, e, io.ErrUnexpectedEOF)
 	assert.Equal(t, broken, classify(context.Background(), nil, e, DefaultShouldRetry))
+	// A stream whose headers came but no event is retried like a broken
+	// attempt; only an attempt that heard nothing at all is silent.
 	e = newTimeoutError(errFirstTokenTimeout, time.Minute, waitFirstEvent, context.Canceled)
+	assert.Equal(t, broken, classify(context.Background(), nil, e, DefaultShouldRetry))
+	e = newTimeoutError(errFirstTokenTimeout, time.Minute, waitHeaders, context.Canceled)
 	assert.Equal(t, silent, classify(context.Background(), nil, e, DefaultShouldRetry))
 }
 

@@ -1,18 +1,62 @@
 package llmdrain
 
 import (
+	"bytes"
+	"encoding/json"
+	"io"
+	"net/http"
 	"net/url"
 	"strings"
-	"sync/atomic"
+	"time"
+
+	"github.com/llmdrain/llmdrain/internal/breaker"
 )
 
-// target is one place a call can be sent: an endpoint's base URL and the
-// origin its key may be sent to.
+// Breaker defaults: how long a target stays out of rotation. The anchors:
+//
+//   - Envoy's outlier detection ejects a host after consecutive_5xx (5)
+//     errors for base_ejection_time (30 s) × the number of its ejections,
+//     up to max_ejection_time (300 s), and never more than
+//     max_ejection_percent (10 %) of the hosts (its panic threshold sends
+//     to all of them when too few are left).
+//   - LiteLLM's router cools a deployment down after allowed_fails (3)
+//     failures in a minute for cooldown_time: 5 s by default in its router
+//     (the litellm module's own default has been 60 s). It does not cool
+//     down the only deployment of a group.
+//
+// llmdrain ejects after FailoverAfter (3, like allowed_fails) consecutive
+// failed attempts, for 5 s (LiteLLM's cool-down) × the ejections in a
+// row, as Envoy grows it, but capped at 30 s rather than 300 s: a client
+// has few targets, and its primary is the one it wants back, so the cap
+// bounds how long traffic stays away from a recovered primary. Neither
+// anchor has a half-open state: after the cool-down they return the host
+// to full traffic; llmdrain lets one probe through first, so a still-dead
+// primary costs one attempt per cool-down, not a wave of them. Every
+// target is never out at once: when all are, the one out longest is
+// tried, like Envoy's panic mode (a single target has no breaker).
+const (
+	// DefaultCooldown is a target's first time out of rotation when
+	// Config.Cooldown is 0.
+	DefaultCooldown = 5 * time.Second
+	// DefaultMaxCooldown caps a target's time out of rotation when
+	// Config.MaxCooldown is 0.
+	DefaultMaxCooldown = 30 * time.Second
+)
+
+// target is one place a call can be sent: an endpoint's base URL, the
+// origin its key may be sent to, the model it is asked for, and its
+// breaker.
 type target struct {
 	index  int32
 	base   string // normalised, without a trailing slash
 	origin origin
+	key    secret // the key sent to it, for scrubbing what it sends back
 	bearer secret // "Bearer " + the key, made once; empty: none is sent
+	model  string // put in its completion requests; empty: left as it is
+	long   bool   // Target.LongContext
+	// breaker takes the target out of rotation; nil (a router of one
+	// target) never does.
+	breaker *breaker.Breaker
 }
 
 // origin is the scheme and host of a target.
@@ -23,44 +67,140 @@ func (o origin) at(u *url.URL) bool {
 	return strings.EqualFold(u.Scheme, o.scheme) && strings.EqualFold(u.Host, o.host)
 }
 
-// router picks the target of each attempt and learns from the outcomes.
-// Its policy today is failover: after failoverAfter consecutive failed
-// attempts against the target in use, the next one takes over, wrapping
-// around, and stays in use while it works. Requests are built by go-openai
-// against the first target and moved to the one picked.
+// router picks the target of each attempt and learns from the outcomes:
+// the first target, primary first, whose breaker admits the attempt, and
+// when none does the one out longest. A target failing FailoverAfter
+// attempts in a row is out for a cool-down; then a probe is let through,
+// and its success puts the target back, so traffic returns to the primary
+// once it recovers. Requests are built by go-openai against the first
+// target and moved to the one picked.
 type router struct {
-	targets       []*target
-	failoverAfter int32
-	cur           atomic.Int32 // index of the target in use
-	fails         atomic.Int32 // consecutive failed attempts against it
-	// onFailover, if set, is told when the target in use changes.
-	onFailover func(from, to *target)
+	targets []*target
+	keys    []secret // the targets' keys, each once, none empty
+	hasLong bool     // some target is marked LongContext
+	// onEject and onRestore, if set, are told when a target goes out of
+	// rotation, and for how long, and when it is back.
+	onEject   func(tg *target, cooldown time.Duration)
+	onRestore func(tg *target)
 }
 
-// pick returns the target of the next attempt.
-func (r *router) pick() *target { return r.targets[r.cur.Load()] }
+// route is what the router knows of one call: the targets it may still
+// go to.
+type route struct {
+	silent []bool // by target index: silent for this call; nil: none was
+	long   bool   // too long for all but the LongContext targets
+}
 
-// record learns from an attempt's outcome at tg. Concurrent calls may each
-// count a failure; only the first to reach the threshold moves on.
-func (r *router) record(tg *target, o outcome) {
-	switch {
-	case o == healthy:
-		// The target answered; whatever the status, it is alive.
-		if r.cur.Load() == tg.index {
-			r.fails.Store(0)
+// eligible reports whether the call of rt may go to tg.
+func (rt *route) eligible(tg *target) bool {
+	return (rt.silent == nil || !rt.silent[tg.index]) && (!rt.long || tg.long)
+}
+
+// pick returns the target of the call's next attempt and the permit of
+// its breaker: the first eligible target that admits it, else the
+// eligible one out longest, else (nothing eligible) false.
+func (r *router) pick(rt *route) (*target, breaker.Permit, bool) {
+	var (
+		first, out *target
+		outSince   time.Time
+	)
+	for _, tg := range r.targets {
+		if !rt.eligible(tg) {
+			continue
 		}
-	case o.retried():
-		if len(r.targets) < 2 || r.cur.Load() != tg.index || r.fails.Add(1) < r.failoverAfter {
-			return
+		if p, ok := tg.breaker.Allow(); ok {
+			return tg, p, true
 		}
-		next := (tg.index + 1) % int32(len(r.targets))
-		if r.cur.CompareAndSwap(tg.index, next) {
-			r.fails.Store(0)
-			if r.onFailover != nil {
-				r.onFailover(tg, r.targets[next])
-			}
+		if first == nil {
+			first = tg
+		}
+		if since, ok := tg.breaker.OutSince(); ok && (out == nil || since.Before(outSince)) {
+			out, outSince = tg, since
 		}
 	}
+	if out == nil {
+		out = first // closed meanwhile; its Force admits as closed
+	}
+	if out == nil {
+		return nil, breaker.Permit{}, false
+	}
+	return out, out.breaker.Force(), true
+}
+
+// record learns from an attempt's outcome at tg, releasing its permit: an
+// answer (healthy) is a success, a retried failure a failure, and an
+// attempt that says nothing of the target (abandoned, fatal) is
+// cancelled. A silent target is not tried again by the same call.
+func (r *router) record(rt *route, tg *target, p breaker.Permit, o outcome) {
+	switch {
+	case o == healthy:
+		if p.Success() && r.onRestore != nil {
+			r.onRestore(tg)
+		}
+	case o.retried():
+		if o == silent {
+			if rt.silent == nil {
+				rt.silent = make([]bool, len(r.targets))
+			}
+			rt.silent[tg.index] = true
+		}
+		if d, opened := p.Failure(); opened && r.onEject != nil {
+			r.onEject(tg, d)
+		}
+	default:
+		p.Cancel()
+	}
+}
+
+// left reports whether the call of rt has a target left to go to.
+func (r *router) left(rt *route) bool {
+	for _, tg := range r.targets {
+		if rt.eligible(tg) {
+			return true
+		}
+	}
+	return false
+}
+
+// tooLong reports whether resp, from tg, says the call's request is too
+// long for it: a 400 whose error code is context_length_exceeded. Such an
+// answer is final at tg; the call goes on to the LongContext targets if
+// it can (see moveLong), else ends with it. The body is looked at only
+// when that could change what happens: when the status would be retried,
+// or a LongContext target is there to take the call.
+func (r *router) tooLong(rt *route, tg *target, resp *http.Response, o outcome) bool {
+	if resp == nil || resp.StatusCode != http.StatusBadRequest ||
+		!(o.retried() || o == healthy && r.hasLong && !rt.long && !tg.long) {
+		return false
+	}
+	head, err := io.ReadAll(io.LimitReader(resp.Body, drainLimit))
+	bb := &bufferedBody{b: head, rc: resp.Body, tailErr: err}
+	if err == nil && len(head) < drainLimit {
+		bb.tailErr = io.EOF // ended: an end seen at once releases the call at once
+	}
+	resp.Body = bb
+	var e struct {
+		Error *struct {
+			Code any `json:"code"`
+		} `json:"error"`
+	}
+	dec := json.NewDecoder(bytes.NewReader(head))
+	return dec.Decode(&e) == nil && e.Error != nil && e.Error.Code == "context_length_exceeded"
+}
+
+// moveLong moves the call of rt, too long for the target it was at, to
+// the LongContext targets, and reports whether it did: once, and only if
+// there is one.
+func (r *router) moveLong(rt *route, tg *target) bool {
+	if !r.hasLong || rt.long || tg.long {
+		return false
+	}
+	rt.long = true
+	if r.left(rt) {
+		return true
+	}
+	rt.long = false
+	return false
 }
 
 // url moves u, built against the first target, to tg. It reports false
@@ -78,17 +218,46 @@ func (r *router) url(u *url.URL, tg *target) (*url.URL, bool) {
 	return nu, err == nil
 }
 
-// bearer returns the Authorization value for a request to u: the key of
-// the target whose origin u is at, and none for any other origin, so a
-// key never goes anywhere the Config did not name, not even on a redirect
-// that Go's policy would let it follow.
-func (r *router) bearer(u *url.URL) (secret, bool) {
-	for _, tg := range r.targets {
-		if tg.origin.at(u) {
-			return tg.bearer, tg.bearer != ""
+// auth returns the target whose key goes with a request to u made for an
+// attempt at tg: tg itself when u is at its origin, so that two targets
+// at one origin each send their own; else the first target at u's origin
+// (a URL go-openai did not build against the first target); and none for
+// any other origin, so a key never goes anywhere the Config did not name,
+// not even on a redirect that Go's policy would let it follow.
+func (r *router) auth(u *url.URL, tg *target) *target {
+	if tg != nil && tg.origin.at(u) {
+		return tg
+	}
+	for _, o := range r.targets {
+		if o.origin.at(u) {
+			return o
 		}
 	}
+	return nil
+}
+
+// bearer returns the Authorization value for a request to u: that of the
+// first target at u's origin; see auth.
+func (r *router) bearer(u *url.URL) (secret, bool) {
+	if tg := r.auth(u, nil); tg != nil {
+		return tg.bearer, tg.bearer != ""
+	}
 	return "", false
+}
+
+// otherKeys returns the targets' keys but key: none when they have one
+// key between them, the common case.
+func (r *router) otherKeys(key secret) []secret {
+	if len(r.keys) == 1 && r.keys[0] == key {
+		return nil
+	}
+	others := make([]secret, 0, len(r.keys))
+	for _, k := range r.keys {
+		if k != key {
+			others = append(others, k)
+		}
+	}
+	return others
 }
 
 // host names a target in logs.

@@ -2,6 +2,7 @@ package llmdrain
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"maps"
 	"net/http"
@@ -10,6 +11,7 @@ import (
 
 	"golang.org/x/sync/semaphore"
 
+	"github.com/llmdrain/llmdrain/internal/breaker"
 	"github.com/llmdrain/llmdrain/internal/watchdog"
 )
 
@@ -58,11 +60,10 @@ type transport struct {
 	clock             watchdog.Clock
 	logger            *slog.Logger // nil: silent
 
-	// key is the API key, for scrubbing it from what comes back.
-	// go-openai is given none: the call sets the Authorization header
-	// itself, on attempts at a target's origin only (see router.bearer),
-	// so printing the go-openai client does not show it.
-	key secret
+	// go-openai is given no API key: the call sets the Authorization
+	// header itself, on attempts at a target's origin only (see
+	// router.auth), so printing the go-openai client does not show it, and
+	// scrubs what comes back of the key it sent (call.key).
 	// apiError turns a 2xx response whose body is an API error envelope
 	// into the error go-openai would have made of it with an error status;
 	// nil if the body is no such envelope. See envelopeBody.
@@ -79,26 +80,56 @@ func (t *transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	// Until the body takes the call over, it is released on every way out,
 	// a panic included: ShouldRetry, Backoff and the Logger are the
 	// caller's code, and a call never released would hold every later
-	// drain until its deadline.
+	// drain until its deadline. Likewise the permit of a target's breaker,
+	// whose half-open place a probe never released would hold for good.
 	handedOver := false
+	var (
+		permit  breaker.Permit
+		holding bool
+	)
 	defer func() {
+		if holding {
+			permit.Cancel()
+		}
 		if !handedOver {
 			c.release()
 		}
 	}()
 	for {
-		tg := t.router.pick()
+		tg, p, ok := t.router.pick(&c.route)
+		if !ok { // unreachable: a call with no target left ends below
+			return nil, errNoTarget
+		}
+		permit, holding = p, true
 		resp, err := c.attempt(tg)
 		o := classify(c.ctx, resp, err, t.shouldRetry)
-		t.router.record(tg, o)
+		long := t.router.tooLong(&c.route, tg, resp, o)
+		if long { // final at tg, whatever its headers say
+			o = healthy
+		}
+		holding = false
+		t.router.record(&c.route, tg, permit, o)
 		switch o {
 		case abandoned: // the caller gave up or the drain forced: never retried
 			return nil, c.abandon(resp, err)
 		case fatal:
 			return nil, err
 		case healthy:
+			if long && t.router.moveLong(&c.route, tg) {
+				t.log(c.ctx, "llmdrain: too long for the target, moving to a long-context one", "attempt", c.attempts, "endpoint", tg.host())
+				if err := c.next(resp, 0); err != nil {
+					return nil, err
+				}
+				continue
+			}
 			handedOver = true
 			return c.handOver(resp), nil
+		}
+		if o == silent && !t.router.left(&c.route) {
+			// Every target had its one wait for this call.
+			resp, err = c.giveUp(resp, err, &stop{why: "no target answered in time"})
+			handedOver = err == nil
+			return resp, err
 		}
 		wait, st := t.policy.decide(time.Now(), c.attempts, resp, &c.backoff, c.deadline())
 		if st != nil {
@@ -106,12 +137,19 @@ func (t *transport) RoundTrip(req *http.Request) (*http.Response, error) {
 			handedOver = err == nil
 			return resp, err
 		}
+		if o == silent {
+			wait = 0 // the timeout was the wait; the next target is another
+		}
 		t.log(c.ctx, "llmdrain: retrying", "attempt", c.attempts, "wait", wait, "endpoint", tg.host(), "reason", reason(resp, err))
 		if err := c.next(resp, wait); err != nil {
 			return nil, err
 		}
 	}
 }
+
+// errNoTarget ends a call that has no target left; RoundTrip ends such a
+// call before it asks for one.
+var errNoTarget = errors.New("llmdrain: no target left for the call")
 
 // label names a call for a forced drain's report, "POST /v1/chat/completions".
 // Labels are cached per method and path, in a map that is replaced, never
