@@ -160,4 +160,3 @@ func outcomeOf(err error) string {
 	}
 	return fmt.Sprintf("%T", err)
 }
-
