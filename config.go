@@ -437,24 +437,24 @@ func resolve(cfg Config) (resolved, error) {
 		}
 		*f.d = watchdogLimit(*f.d, f.def)
 	}
-	switch {
-	case cfg.MaxRetryAfter < 0:
-		bad("MaxRetryAfter", "negative (%v); use 0 for the default %v", cfg.MaxRetryAfter, DefaultMaxRetryAfter)
-	case cfg.MaxRetryAfter == 0:
-		cfg.MaxRetryAfter = DefaultMaxRetryAfter
+	// duration applies a default to an unset duration and rejects a
+	// negative one.
+	duration := func(field string, d *time.Duration, def time.Duration) {
+		switch {
+		case *d < 0:
+			bad(field, "negative (%v); use 0 for the default %v", *d, def)
+		case *d == 0:
+			*d = def
+		}
 	}
+	duration("MaxRetryAfter", &cfg.MaxRetryAfter, DefaultMaxRetryAfter)
 	switch {
 	case cfg.FailoverAfter < 0:
 		bad("FailoverAfter", "negative (%d); use 0 for the default %d", cfg.FailoverAfter, DefaultFailoverAfter)
 	case cfg.FailoverAfter == 0:
 		cfg.FailoverAfter = DefaultFailoverAfter
 	}
-	switch {
-	case cfg.Cooldown < 0:
-		bad("Cooldown", "negative (%v); use 0 for the default %v", cfg.Cooldown, DefaultCooldown)
-	case cfg.Cooldown == 0:
-		cfg.Cooldown = DefaultCooldown
-	}
+	duration("Cooldown", &cfg.Cooldown, DefaultCooldown)
 	switch {
 	case cfg.MaxCooldown < 0:
 		bad("MaxCooldown", "negative (%v); use 0 for the default %v", cfg.MaxCooldown, DefaultMaxCooldown)

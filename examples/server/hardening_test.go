@@ -388,18 +388,3 @@ func TestMemoryBoundedUnderAttack(t *testing.T) {
 	off.Signal(syscall.SIGTERM)
 	require.Equal(t, 0, off.Wait(20*time.Second))
 }
-
-// listenAddr waits for the server's "listening" line and returns its address.
-func listenAddr(t *testing.T, p *proctest.Proc) string {
-	t.Helper()
-	var addr string
-	p.WaitLine(proctest.Stderr, 10*time.Second, "the listening log line", func(l string) bool {
-		var rec struct{ Msg, Addr string }
-		if json.Unmarshal([]byte(l), &rec) == nil && rec.Msg == "listening" {
-			addr = rec.Addr
-			return true
-		}
-		return false
-	})
-	return addr
-}

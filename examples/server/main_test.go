@@ -42,6 +42,12 @@ func upstream(t *testing.T, opts ...llmtest.Option) (*llmtest.Server, []string) 
 // the address it logged.
 func startServer(t *testing.T, env ...string) (*proctest.Proc, string) {
 	p := proctest.Start(t, bin, append(env, "ADDR=127.0.0.1:0"))
+	return p, listenAddr(t, p)
+}
+
+// listenAddr waits for the server's "listening" line and returns its address.
+func listenAddr(t *testing.T, p *proctest.Proc) string {
+	t.Helper()
 	var addr string
 	p.WaitLine(proctest.Stderr, 10*time.Second, "the listening log line", func(l string) bool {
 		var rec struct{ Msg, Addr string }
@@ -51,7 +57,7 @@ func startServer(t *testing.T, env ...string) (*proctest.Proc, string) {
 		}
 		return false
 	})
-	return p, addr
+	return addr
 }
 
 // checkLogs asserts every log line is JSON (stderr is not a terminal) and
