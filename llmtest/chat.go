@@ -30,12 +30,43 @@ type chatResponse struct {
 type chatChoice struct {
 	Index        int         `json:"index"`
 	Message      chatMessage `json:"message"`
+	Logprobs     *logprobs   `json:"logprobs"`
 	FinishReason string      `json:"finish_reason"`
 }
 
 type chatMessage struct {
-	Role    string `json:"role"`
-	Content string `json:"content"`
+	Role      string     `json:"role"`
+	Content   *string    `json:"content"` // null when the answer is a tool call
+	ToolCalls []toolCall `json:"tool_calls,omitempty"`
+}
+
+type toolCall struct {
+	Index    *int         `json:"index,omitempty"` // in a stream's delta
+	ID       string       `json:"id"`
+	Type     string       `json:"type"`
+	Function toolFunction `json:"function"`
+}
+
+type toolFunction struct {
+	Name      string `json:"name"`
+	Arguments string `json:"arguments"`
+}
+
+type logprobs struct {
+	Content []tokenLogprob `json:"content"`
+}
+
+type tokenLogprob struct {
+	Token       string       `json:"token"`
+	Logprob     float64      `json:"logprob"`
+	Bytes       []int        `json:"bytes"`
+	TopLogprobs []topLogprob `json:"top_logprobs"`
+}
+
+type topLogprob struct {
+	Token   string  `json:"token"`
+	Logprob float64 `json:"logprob"`
+	Bytes   []int   `json:"bytes"`
 }
 
 type chatChunk struct {
@@ -44,18 +75,22 @@ type chatChunk struct {
 	Created int64         `json:"created"`
 	Model   string        `json:"model"`
 	Choices []chunkChoice `json:"choices"`
-	Usage   *usage        `json:"usage,omitempty"`
+	// Usage is absent unless the request asked for it; then null on every
+	// chunk but the last, as the API sends it.
+	Usage json.RawMessage `json:"usage,omitempty"`
 }
 
 type chunkChoice struct {
 	Index        int        `json:"index"`
 	Delta        chunkDelta `json:"delta"`
+	Logprobs     *logprobs  `json:"logprobs"`
 	FinishReason *string    `json:"finish_reason"`
 }
 
 type chunkDelta struct {
-	Role    string `json:"role,omitempty"`
-	Content string `json:"content,omitempty"`
+	Role      string     `json:"role,omitempty"`
+	Content   string     `json:"content,omitempty"`
+	ToolCalls []toolCall `json:"tool_calls,omitempty"`
 }
 
 // chatCall is one decoded chat request with the answer prepared for it.
@@ -67,6 +102,53 @@ type chatCall struct {
 	reply   string
 	finish  string // "stop", or "length" when max_tokens cut the reply
 	usage   usage
+
+	n           int    // choices, each with the same reply
+	logprobs    bool   // with each token's log probability
+	topLogprobs int    // and this many alternatives
+	tool        string // a forced tool call's function name; "" for none
+}
+
+// toolName is the function a request forces a call of, by name or by
+// "required" (its first tool's); "" when none is forced.
+func toolName(req openai.ChatCompletionRequest) string {
+	switch c := req.ToolChoice.(type) {
+	case string:
+		if c == "required" && len(req.Tools) > 0 && req.Tools[0].Function != nil {
+			return req.Tools[0].Function.Name
+		}
+	case map[string]any:
+		if f, ok := c["function"].(map[string]any); ok {
+			name, _ := f["name"].(string)
+			return name
+		}
+	}
+	return ""
+}
+
+// tokenLogprobs are the log probabilities of a word and its alternatives:
+// made up, but of the API's shape, and the same every time.
+func (c chatCall) tokenLogprobs(word string) *logprobs {
+	if !c.logprobs {
+		return nil
+	}
+	lp := tokenLogprob{Token: word, Logprob: -0.0001, Bytes: bytesOf(word), TopLogprobs: []topLogprob{}}
+	for i := range c.topLogprobs {
+		alt := word
+		if i > 0 {
+			alt = fmt.Sprintf("alt%d", i)
+		}
+		lp.TopLogprobs = append(lp.TopLogprobs, topLogprob{Token: alt, Logprob: -0.0001 - float64(i)*2, Bytes: bytesOf(alt)})
+	}
+	return &logprobs{Content: []tokenLogprob{lp}}
+}
+
+func bytesOf(s string) []int {
+	b := make([]int, len(s))
+	for i := range len(s) {
+		b[i] = int(s[i])
+	}
+	return b
 }
 
 func (s *Server) serveChat(w http.ResponseWriter, r *http.Request) {
@@ -160,6 +242,9 @@ func (s *Server) newChatCall(req openai.ChatCompletionRequest) chatCall {
 	}
 	prompt := lastUserMessage(req)
 	reply, finish := Reply(prompt), string(openai.FinishReasonStop)
+	if rf := req.ResponseFormat; rf != nil && (rf.Type == openai.ChatCompletionResponseFormatTypeJSONObject || rf.Type == openai.ChatCompletionResponseFormatTypeJSONSchema) {
+		reply = string(mustJSON(map[string]string{"reply": reply}))
+	}
 	// A word is a token here; max_completion_tokens wins over the older
 	// max_tokens, as with the real API.
 	//lint:ignore SA1019 clients still send max_tokens, and the API honours it
@@ -176,15 +261,23 @@ func (s *Server) newChatCall(req openai.ChatCompletionRequest) chatCall {
 			reply, finish = reply[:len(reply)-len(rest)], string(openai.FinishReasonLength)
 		}
 	}
-	return chatCall{
-		id:      fmt.Sprintf("chatcmpl-%d", id),
-		created: time.Now().Unix(),
-		model:   req.Model,
-		prompt:  prompt,
-		reply:   reply,
-		finish:  finish,
-		usage:   newUsage(promptWords, len(strings.Fields(reply))),
+	call := chatCall{
+		id:          fmt.Sprintf("chatcmpl-%d", id),
+		created:     time.Now().Unix(),
+		model:       req.Model,
+		prompt:      prompt,
+		reply:       reply,
+		finish:      finish,
+		n:           max(req.N, 1),
+		logprobs:    req.LogProbs,
+		topLogprobs: req.TopLogProbs,
+		tool:        toolName(req),
 	}
+	if call.tool != "" {
+		call.reply, call.finish = "", string(openai.FinishReasonToolCalls)
+	}
+	call.usage = newUsage(promptWords, call.n*len(strings.Fields(call.reply)))
+	return call
 }
 
 // lastUserMessage is the text of req's last user message, the prompt that
@@ -220,11 +313,8 @@ func (s *Server) plainChat(w http.ResponseWriter, r *http.Request, call chatCall
 		Object:  "chat.completion",
 		Created: call.created,
 		Model:   call.model,
-		Choices: []chatChoice{{
-			Message:      chatMessage{Role: openai.ChatMessageRoleAssistant, Content: call.reply},
-			FinishReason: call.finish,
-		}},
-		Usage: call.usage,
+		Choices: call.choices(),
+		Usage:   call.usage,
 	})
 	switch f.kind {
 	case kindMalformed:
@@ -265,19 +355,61 @@ func (s *Server) plainChat(w http.ResponseWriter, r *http.Request, call chatCall
 	}
 }
 
+// choices are a plain answer's: n the same.
+func (c chatCall) choices() []chatChoice {
+	out := make([]chatChoice, c.n)
+	for i := range out {
+		msg := chatMessage{Role: openai.ChatMessageRoleAssistant}
+		if c.tool != "" {
+			msg.ToolCalls = []toolCall{c.toolCall(nil)}
+		} else {
+			msg.Content = &c.reply
+		}
+		var lp *logprobs
+		if c.logprobs {
+			lp = &logprobs{Content: []tokenLogprob{}}
+			for rest := c.reply; rest != ""; {
+				var word string
+				word, rest = nextWord(rest)
+				lp.Content = append(lp.Content, c.tokenLogprobs(word).Content...)
+			}
+		}
+		out[i] = chatChoice{Index: i, Message: msg, Logprobs: lp, FinishReason: c.finish}
+	}
+	return out
+}
+
+// toolCall is the forced call of c.tool, with empty arguments.
+func (c chatCall) toolCall(index *int) toolCall {
+	return toolCall{Index: index, ID: "call_" + strings.TrimPrefix(c.id, "chatcmpl-"), Type: "function",
+		Function: toolFunction{Name: c.tool, Arguments: "{}"}}
+}
+
 // streamChat writes a streamed answer; done is serveChat's. Each event is
 // made as it is sent, so a long answer costs no more memory than a short
 // one.
 func (s *Server) streamChat(w http.ResponseWriter, r *http.Request, call chatCall, f Fault, includeUsage bool, done func()) {
-	chunk := func(d chunkDelta, finish *string) []byte {
+	var nullUsage json.RawMessage
+	if includeUsage {
+		nullUsage = json.RawMessage("null")
+	}
+	// Each chunk carries every choice: n > 1 answers side by side.
+	chunk := func(d chunkDelta, lp *logprobs, finish *string) []byte {
+		choices := make([]chunkChoice, call.n)
+		for i := range choices {
+			choices[i] = chunkChoice{Index: i, Delta: d, Logprobs: lp, FinishReason: finish}
+		}
 		return mustJSON(chatChunk{
 			ID: call.id, Object: "chat.completion.chunk", Created: call.created, Model: call.model,
-			Choices: []chunkChoice{{Delta: d, FinishReason: finish}},
+			Choices: choices, Usage: nullUsage,
 		})
 	}
 	// The events: the role chunk, a chunk per word, the finish chunk, the
 	// usage chunk if asked for, then [DONE].
 	words := countWords(call.reply)
+	if call.tool != "" {
+		words = 1 // the tool call, in one delta
+	}
 	total := 1 + words + 1
 	if includeUsage {
 		total++
@@ -302,17 +434,20 @@ func (s *Server) streamChat(w http.ResponseWriter, r *http.Request, call chatCal
 		var ev []byte
 		switch {
 		case i == 0:
-			ev = chunk(chunkDelta{Role: openai.ChatMessageRoleAssistant}, nil)
+			ev = chunk(chunkDelta{Role: openai.ChatMessageRoleAssistant}, nil, nil)
+		case i <= words && call.tool != "":
+			zero := 0
+			ev = chunk(chunkDelta{ToolCalls: []toolCall{call.toolCall(&zero)}}, nil, nil)
 		case i <= words:
 			var word string
 			word, rest = nextWord(rest)
-			ev = chunk(chunkDelta{Content: word}, nil)
+			ev = chunk(chunkDelta{Content: word}, call.tokenLogprobs(word), nil)
 		case i == words+1:
-			ev = chunk(chunkDelta{}, &call.finish)
+			ev = chunk(chunkDelta{}, nil, &call.finish)
 		case i == words+2 && includeUsage:
 			ev = mustJSON(chatChunk{
 				ID: call.id, Object: "chat.completion.chunk", Created: call.created, Model: call.model,
-				Choices: []chunkChoice{}, Usage: &call.usage,
+				Choices: []chunkChoice{}, Usage: mustJSON(call.usage),
 			})
 		default:
 			ev = []byte("[DONE]")

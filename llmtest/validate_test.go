@@ -2,7 +2,9 @@ package llmtest_test
 
 import (
 	"encoding/json"
+	"io"
 	"net/http"
+	"strings"
 	"testing"
 
 	openai "github.com/sashabaranov/go-openai"
@@ -137,4 +139,122 @@ func TestAuthMessagesLikeTheAPI(t *testing.T) {
 		assert.NotContains(t, env.Error.Message, "wrong-key", tc.name)
 		assert.Equal(t, tc.code, deref(env.Error.Code), tc.name)
 	}
+}
+
+// TestAnswersLikeTheAPI checks the parts of an answer a request asks for:
+// n choices, log probabilities, a JSON answer in json_object mode, a forced
+// tool call, and "usage": null on every chunk before the usage chunk.
+func TestAnswersLikeTheAPI(t *testing.T) {
+	srv := newServer(t)
+	c := newClient(t, srv)
+	ctx := testContext(t)
+
+	req := chatRequest("two words")
+	req.N = 3
+	req.LogProbs = true
+	req.TopLogProbs = 2
+	resp, err := c.CreateChatCompletion(ctx, req)
+	require.NoError(t, err)
+	require.Len(t, resp.Choices, 3)
+	for i, ch := range resp.Choices {
+		assert.Equal(t, i, ch.Index)
+		assert.Equal(t, llmtest.Reply("two words"), ch.Message.Content)
+		require.NotNil(t, ch.LogProbs, "choice %d", i)
+		require.Len(t, ch.LogProbs.Content, 4, "a log probability per word")
+		assert.Equal(t, "You ", ch.LogProbs.Content[0].Token)
+		assert.Len(t, ch.LogProbs.Content[0].TopLogProbs, 2)
+	}
+	assert.Equal(t, 3*4, resp.Usage.CompletionTokens, "every choice's tokens count")
+
+	req.Stream = true
+	st, err := c.CreateChatCompletionStream(ctx, req)
+	require.NoError(t, err)
+	texts := make([]string, 3)
+	tokens := 0
+	for {
+		chunk, err := st.Recv()
+		if err != nil {
+			require.ErrorIs(t, err, io.EOF)
+			break
+		}
+		for _, ch := range chunk.Choices {
+			texts[ch.Index] += ch.Delta.Content
+			if ch.Logprobs != nil {
+				tokens += len(ch.Logprobs.Content)
+			}
+		}
+	}
+	st.Close()
+	for i, text := range texts {
+		assert.Equal(t, llmtest.Reply("two words"), text, "streamed choice %d", i)
+	}
+	assert.Equal(t, 3*4, tokens)
+
+	// json_object: the answer is JSON.
+	req = chatRequest("answer in JSON please")
+	req.ResponseFormat = &openai.ChatCompletionResponseFormat{Type: openai.ChatCompletionResponseFormatTypeJSONObject}
+	resp, err = c.CreateChatCompletion(ctx, req)
+	require.NoError(t, err)
+	var obj map[string]string
+	require.NoError(t, json.Unmarshal([]byte(resp.Choices[0].Message.Content), &obj), "%q", resp.Choices[0].Message.Content)
+	assert.Equal(t, llmtest.Reply("answer in JSON please"), obj["reply"])
+
+	// A forced tool call, plain and streamed.
+	req = chatRequest("what is the weather")
+	req.Tools = []openai.Tool{{Type: openai.ToolTypeFunction, Function: &openai.FunctionDefinition{Name: "get_weather"}}}
+	req.ToolChoice = openai.ToolChoice{Type: openai.ToolTypeFunction, Function: openai.ToolFunction{Name: "get_weather"}}
+	resp, err = c.CreateChatCompletion(ctx, req)
+	require.NoError(t, err)
+	require.Len(t, resp.Choices[0].Message.ToolCalls, 1)
+	assert.Equal(t, "get_weather", resp.Choices[0].Message.ToolCalls[0].Function.Name)
+	assert.Equal(t, "{}", resp.Choices[0].Message.ToolCalls[0].Function.Arguments)
+	assert.Equal(t, openai.FinishReasonToolCalls, resp.Choices[0].FinishReason)
+	assert.Empty(t, resp.Choices[0].Message.Content)
+	req.ToolChoice = "required"
+	req.Stream = true
+	st, err = c.CreateChatCompletionStream(ctx, req)
+	require.NoError(t, err)
+	var calls []openai.ToolCall
+	var finish openai.FinishReason
+	for {
+		chunk, err := st.Recv()
+		if err != nil {
+			require.ErrorIs(t, err, io.EOF)
+			break
+		}
+		for _, ch := range chunk.Choices {
+			calls = append(calls, ch.Delta.ToolCalls...)
+			if ch.FinishReason != "" {
+				finish = ch.FinishReason
+			}
+		}
+	}
+	st.Close()
+	require.Len(t, calls, 1)
+	assert.Equal(t, "get_weather", calls[0].Function.Name)
+	assert.Equal(t, openai.FinishReasonToolCalls, finish)
+
+	// "usage": null before the usage chunk, when asked for.
+	req = chatRequest("count me")
+	req.Stream = true
+	req.StreamOptions = &openai.StreamOptions{IncludeUsage: true}
+	httpResp, err := postChat(t, newHTTPClient(t), srv, string(mustMarshal(req)))
+	require.NoError(t, err)
+	body, err := readAll(t, httpResp)
+	require.NoError(t, err)
+	var events []map[string]json.RawMessage
+	for _, line := range strings.Split(string(body), "\n") {
+		data, ok := strings.CutPrefix(line, "data: ")
+		if !ok || data == "[DONE]" {
+			continue
+		}
+		var ev map[string]json.RawMessage
+		require.NoError(t, json.Unmarshal([]byte(data), &ev))
+		events = append(events, ev)
+	}
+	require.NotEmpty(t, events)
+	for i, ev := range events[:len(events)-1] {
+		assert.Equal(t, "null", string(ev["usage"]), "chunk %d", i)
+	}
+	assert.Contains(t, string(events[len(events)-1]["usage"]), `"completion_tokens"`)
 }
