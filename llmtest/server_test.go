@@ -115,7 +115,9 @@ func TestCloseWithManyKindsOfWork(t *testing.T) {
 			assert.Error(t, err)
 		}()
 	}
-	waitFor(t, "hang and delay in flight", func() bool { return srv.Stats().InFlight == 2 })
+	// Both have drawn their scripted faults (a request counts in flight
+	// before it is read and validated), so the stream gets none.
+	waitFor(t, "hang and delay in flight", func() bool { return len(srv.History("x")) == 2 && srv.Stats().InFlight == 2 })
 	stream, err := client.CreateChatCompletionStream(ctx, chatRequest("y"))
 	require.NoError(t, err)
 	defer stream.Close()
