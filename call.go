@@ -216,10 +216,14 @@ func (c *call) attemptContext() context.Context {
 		c.firstMu.Lock()
 		c.firstTimer = t.clock.AfterFunc(t.firstTokenTimeout, c.firstTokenTimedOut)
 		c.firstMu.Unlock()
-		if c.body != nil {
+		if c.body != nil && (c.req.ContentLength < 0 || c.req.ContentLength > sentAtOnce) {
 			// Counted from the request's last byte: a slow upload is
 			// progress, not silence. One per attempt: net/http may still
-			// be closing the last attempt's body.
+			// be closing the last attempt's body. A small body is not
+			// wrapped: net/http sends the headers and an in-memory body
+			// (go-openai's) in one write, and one of a type it does not
+			// know in two, which costs a round of system calls on both
+			// ends of every call.
 			c.body = &progressBody{ReadCloser: c.body, c: c}
 		}
 	}
@@ -255,6 +259,10 @@ func (c *call) end() {
 		c.acancel(context.Canceled)
 	}
 }
+
+// sentAtOnce is the largest request body whose sending does not count as
+// progress towards an answer: it takes a moment on any link.
+const sentAtOnce = 1 << 20
 
 // progressBody is a request body whose reads push back the wait for the
 // first sign of an answer.

@@ -343,3 +343,50 @@ func TestFinishScan(t *testing.T) {
 		assert.Equal(t, c.set, f.set, "%s byte by byte", c.line)
 	}
 }
+
+// slowBody sends its bytes a read at a time, waiting gap before each: an
+// upload on a slow link.
+type slowBody struct {
+	b   []byte
+	gap time.Duration
+}
+
+func (s *slowBody) Read(p []byte) (int, error) {
+	if len(s.b) == 0 {
+		return 0, io.EOF
+	}
+	time.Sleep(s.gap)
+	n := copy(p, s.b)
+	s.b = s.b[n:]
+	return n, nil
+}
+
+func (s *slowBody) Close() error { return nil }
+
+// An upload that takes longer than FirstTokenTimeout is progress, not
+// silence: the wait for the first sign of an answer counts from the
+// request's last byte. (A body under a megabyte is not watched: it is sent
+// in a moment.)
+func TestSlowUploadIsNotSilence(t *testing.T) {
+	srv, n := scriptedServer(t, func(w http.ResponseWriter, r *http.Request, _ <-chan struct{}) {
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = io.WriteString(w, okBody)
+	})
+	c := scriptedClient(t, srv, Config{FirstTokenTimeout: 150 * time.Millisecond, MaxRetries: -1})
+	body := []byte(`{"model":"m","messages":[{"role":"user","content":"` + strings.Repeat("a", sentAtOnce) + `"}]}`)
+	req, err := http.NewRequestWithContext(callCtx(t), http.MethodPost, srv.URL+"/v1/chat/completions", nil)
+	require.NoError(t, err)
+	// 40 ms a read of at most 32 KiB: over a second for the whole body.
+	req.GetBody = func() (io.ReadCloser, error) { return &slowBody{b: body, gap: 40 * time.Millisecond}, nil }
+	req.Body, _ = req.GetBody()
+	req.ContentLength = int64(len(body))
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Accept", "application/json")
+	start := time.Now()
+	resp, err := c.http.Do(req)
+	require.NoError(t, err, "the first-token wait must not run while the request is still being sent")
+	defer resp.Body.Close()
+	assert.Equal(t, http.StatusOK, resp.StatusCode)
+	assert.Equal(t, int32(1), n.Load())
+	assert.Greater(t, time.Since(start), 150*time.Millisecond, "the upload outlasted the first-token timeout")
+}
