@@ -128,8 +128,9 @@ var sseFields = [][]byte{[]byte("event:"), []byte("id:"), []byte("retry:")}
 // bytes, so that a body cut or stalled is a failed attempt; past the bound
 // the rest is read from resp.Body as it comes. Content-Length only sizes
 // the buffer: the body is read to its end, as go-openai would, whatever a
-// base transport put there.
-func readWhole(resp *http.Response) error {
+// base transport put there. bb, the body that replaces resp.Body, is the
+// caller's, so that it can be allocated with the call.
+func readWhole(resp *http.Response, bb *bufferedBody) error {
 	size := 512
 	if n := resp.ContentLength; n >= 0 && n < maxWholeBody {
 		size = int(n) + 1 // room to see the end without growing
@@ -147,7 +148,7 @@ func readWhole(resp *http.Response) error {
 			break
 		}
 	}
-	bb := &bufferedBody{b: b, rc: resp.Body}
+	*bb = bufferedBody{b: b, rc: resp.Body}
 	switch err {
 	case nil: // the bound: the rest comes from rc
 	case io.EOF:

@@ -28,7 +28,7 @@ type call struct {
 	ctx context.Context // the Tracker's, derived from the request's
 
 	// What the call holds; release gives it back, once.
-	done     func()              // the Tracker's
+	tk       ticket              // the Tracker's, for finish
 	sem      *semaphore.Weighted // nil: no slot held
 	released atomic.Bool
 
@@ -49,27 +49,34 @@ type call struct {
 	// running; and a stream's watchdog of the gaps between its events.
 	// Kept in the call, not in closures, so that an attempt allocates
 	// little.
+	amu          sync.Mutex // guards acancel and agen between the call, its timers and a forced drain
 	acancel      context.CancelCauseFunc
+	agen         uint64 // the current attempt's number, so a late timer ends no later attempt
 	attemptTimer watchdog.Timer
 	firstMu      sync.Mutex // the request body is read on net/http's goroutine
 	firstTimer   watchdog.Timer
 	wd           *watchdog.Watchdog
 
 	// tracked is the body handed over with the response, allocated with
-	// the call: it keeps the call in flight until it is done.
+	// the call: it keeps the call in flight until it is done. whole is the
+	// body of a JSON answer read whole (readWhole), which tracked then
+	// reads: only the last attempt's is handed over, an earlier one's
+	// closed and dropped first.
 	tracked trackedBody
+	whole   bufferedBody
 }
 
 // begin registers req's call with the Tracker (refused with ErrDraining
 // once a drain began) and takes a concurrency slot, bounded by the call's
 // context. The call must be released unless it is handed over.
 func (t *transport) begin(req *http.Request) (*call, error) {
-	ctx, done, err := t.tracker.begin(req.Context(), t.label(req))
+	c := &call{t: t, req: req}
+	ctx, tk, err := t.tracker.begin(req.Context(), t.label(req), c)
 	if err != nil {
 		closeBody(req)
 		return nil, err
 	}
-	c := &call{t: t, ctx: ctx, done: done, req: req}
+	c.ctx, c.tk = ctx, tk
 	c.tracked.c = c
 	if r := callRecordOf(ctx); r != nil {
 		// A call that goes on from earlier ones (Chat's retries of a whole
@@ -79,7 +86,7 @@ func (t *transport) begin(req *http.Request) (*call, error) {
 	if t.sem != nil {
 		if err := t.sem.Acquire(ctx, 1); err != nil {
 			closeBody(req)
-			done()
+			t.tracker.finish(tk)
 			return nil, callError(ctx, err)
 		}
 		c.sem = t.sem
@@ -107,7 +114,7 @@ func (c *call) release() {
 	if c.sem != nil {
 		c.sem.Release(1)
 	}
-	c.done()
+	c.t.tracker.finish(c.tk)
 }
 
 // attempt sends the request to tg, once. A 2xx answer is not a success
@@ -152,7 +159,7 @@ func (c *call) attempt(tg *target) (*http.Response, error) {
 			// follows is bounded by AttemptTimeout only.
 			if err = c.answered(false); err == nil && ok && c.jsonCall {
 				where = readingBody
-				err = readWhole(resp)
+				err = readWhole(resp, &c.whole)
 			}
 		}
 		if err != nil {
@@ -194,7 +201,7 @@ func (c *call) stalled() bool {
 	if !c.tracked.reading.Load() {
 		return false
 	}
-	c.acancel(ErrStreamStalled)
+	c.cancelAttempt(ErrStreamStalled)
 	return true
 }
 
@@ -202,19 +209,36 @@ func (c *call) stalled() bool {
 // timers of Config.AttemptTimeout and of its first sign of an answer
 // (Config.FirstTokenTimeout), if any; end stops them. With no timeout at
 // all the call's context serves as it is: nothing to allocate.
+//
+// The attempt's context is derived from the request's, beside the call's
+// (the Tracker's) rather than under it, and a forced drain cancels both
+// (cancelAttempt): a context under the call's would cost the call's a
+// list of children and a channel, three allocations per call, for a
+// cancellation that reaches the attempt anyway.
 func (c *call) attemptContext() context.Context {
 	t := c.t
 	if t.attemptTimeout <= 0 && t.firstTokenTimeout <= 0 && (!c.stream || t.idleTimeout <= 0) {
 		return c.ctx
 	}
-	actx, acancel := context.WithCancelCause(c.ctx)
+	actx, acancel := context.WithCancelCause(c.req.Context())
+	c.amu.Lock()
 	c.acancel = acancel
+	c.agen++
+	gen := c.agen
+	c.amu.Unlock()
+	if c.ctx.Err() != nil {
+		// A drain forced before the attempt began: cancelAttempt found no
+		// attempt to end, or the one before.
+		acancel(context.Cause(c.ctx))
+	}
 	if t.attemptTimeout > 0 {
-		c.attemptTimer = t.clock.AfterFunc(t.attemptTimeout, c.attemptTimedOut)
+		// The timers' functions name their attempt: one that fires as
+		// end stops it may run after the next attempt has begun.
+		c.attemptTimer = t.clock.AfterFunc(t.attemptTimeout, func() { c.cancelAttemptGen(gen, errAttemptTimeout) })
 	}
 	if t.firstTokenTimeout > 0 {
 		c.firstMu.Lock()
-		c.firstTimer = t.clock.AfterFunc(t.firstTokenTimeout, c.firstTokenTimedOut)
+		c.firstTimer = t.clock.AfterFunc(t.firstTokenTimeout, func() { c.cancelAttemptGen(gen, errFirstTokenTimeout) })
 		c.firstMu.Unlock()
 		if c.body != nil && (c.req.ContentLength < 0 || c.req.ContentLength > sentAtOnce) {
 			// Counted from the request's last byte: a slow upload is
@@ -243,8 +267,26 @@ func (c *call) stopFirstTimer() bool {
 	return stopped
 }
 
-func (c *call) attemptTimedOut()    { c.acancel(errAttemptTimeout) }
-func (c *call) firstTokenTimedOut() { c.acancel(errFirstTokenTimeout) }
+// cancelAttempt ends the current attempt, if any, with cause: a timer's,
+// a watchdog's, or a forced drain's, which cancelled the call's context
+// first.
+func (c *call) cancelAttempt(cause error) {
+	c.amu.Lock()
+	defer c.amu.Unlock()
+	if c.acancel != nil {
+		c.acancel(cause)
+	}
+}
+
+// cancelAttemptGen ends attempt gen with cause if it is still the current
+// one.
+func (c *call) cancelAttemptGen(gen uint64, cause error) {
+	c.amu.Lock()
+	defer c.amu.Unlock()
+	if c.acancel != nil && c.agen == gen {
+		c.acancel(cause)
+	}
+}
 
 // end ends the current attempt: its timers, its watchdog, its context.
 func (c *call) end() {
@@ -347,8 +389,6 @@ func (e *timeoutError) Unwrap() []error {
 	return errs
 }
 
-func nop() {}
-
 // prepare makes the request of one attempt at tg: a shallow copy of the
 // call's request with its own context, body and headers (the request itself
 // must not be modified, as the http.RoundTripper contract says), moved to
@@ -370,7 +410,7 @@ func (c *call) prepare(ctx context.Context, tg *target) *http.Request {
 	}
 	c.key = ""
 	if kt := c.t.router.auth(areq.URL, tg); kt != nil && kt.bearer != "" {
-		areq.Header["Authorization"] = []string{string(kt.bearer)}
+		areq.Header["Authorization"] = kt.authz
 		c.key = kt.key
 	}
 	if tg.model != "" {

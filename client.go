@@ -132,6 +132,7 @@ func newRouter(r resolved, now func() time.Time) *router {
 			key: secret(t.APIKey), model: t.Model, long: t.LongContext}
 		if tg.key != "" {
 			tg.bearer = "Bearer " + tg.key
+			tg.authz = []string{string(tg.bearer)}
 		}
 		if len(r.targets) > 1 {
 			tg.breaker = breaker.New(breaker.Policy{Threshold: r.FailoverAfter, Base: r.Cooldown, Max: r.MaxCooldown, Now: now})

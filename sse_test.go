@@ -234,9 +234,14 @@ func BenchmarkStreamBody(b *testing.B) {
 	stream.WriteString("data: [DONE]\n\n")
 	b.SetBytes(int64(stream.Len()))
 	br := bufio.NewReader(nil)
+	tr := &transport{tracker: NewTracker()}
 	for range b.N {
 		rc := io.NopCloser(bytes.NewReader(stream.Bytes()))
-		c := &call{ctx: context.Background(), done: nop}
+		ctx, tk, err := tr.tracker.begin(context.Background(), "", nil)
+		if err != nil {
+			b.Fatal(err)
+		}
+		c := &call{t: tr, ctx: ctx, tk: tk}
 		// As a chat stream gets it: the idle watchdog kicked at each event.
 		c.wd = watchdog.Start(watchdog.Real, time.Minute, func() bool { return true })
 		tb := &trackedBody{c: c, rc: newSSEScrubber(rc, fakeKey), sse: &sseWatcher{mustEnd: true, wd: c.wd}}

@@ -52,8 +52,12 @@ type target struct {
 	origin origin
 	key    secret // the key sent to it, for scrubbing what it sends back
 	bearer secret // "Bearer " + the key, made once; empty: none is sent
-	model  string // put in its completion requests; empty: left as it is
-	long   bool   // Target.LongContext
+	// authz is the Authorization header's values, {bearer}, made once and
+	// shared by every attempt: nothing writes into a request's header
+	// values, and a slice per attempt would cost an allocation each.
+	authz []string
+	model string // put in its completion requests; empty: left as it is
+	long  bool   // Target.LongContext
 	// breaker takes the target out of rotation; nil (a router of one
 	// target) never does.
 	breaker *breaker.Breaker

@@ -98,6 +98,7 @@ type shard struct {
 type slot struct {
 	gen      uint64 // bumped each time the slot is released
 	cancel   context.CancelCauseFunc
+	attempts attemptCanceler // the transport's call, whose attempts a forced drain ends too; nil for Begin's
 	id       uint64
 	label    string
 	started  time.Duration // since epoch, on the monotonic clock
@@ -121,11 +122,33 @@ func NewTracker() *Tracker { return new(Tracker) }
 // and named in its *ForcedDrainError), or refused with ErrDraining: never
 // cancelled without being named.
 func (t *Tracker) Begin(ctx context.Context) (context.Context, func(), error) {
-	return t.begin(ctx, "")
+	cctx, tk, err := t.begin(ctx, "", nil)
+	if err != nil {
+		return cctx, func() {}, err
+	}
+	return cctx, func() { t.finish(tk) }, nil
 }
 
-// begin is Begin with a label used to name the call if a drain is forced.
-func (t *Tracker) begin(ctx context.Context, label string) (context.Context, func(), error) {
+// ticket names a registered call's slot: finish(tk) is its done. A value,
+// not a closure, so that the transport's calls register without
+// allocating one.
+type ticket struct {
+	si  uint32
+	i   int32
+	gen uint64
+}
+
+// attemptCanceler is a call whose attempts run in contexts of their own,
+// not derived from the one begin returns (see call.attemptContext): a
+// forced drain cancels them with the same cause.
+type attemptCanceler interface {
+	cancelAttempt(cause error)
+}
+
+// begin is Begin with a label used to name the call if a drain is forced,
+// and the call's done as a ticket for finish. A forced drain also ends the
+// attempts of ac, if not nil.
+func (t *Tracker) begin(ctx context.Context, label string, ac attemptCanceler) (context.Context, ticket, error) {
 	// Any shard will do: a random one spreads the calls over the locks
 	// without a counter that every call would write.
 	si := rand.Uint32() % numShards
@@ -137,7 +160,7 @@ func (t *Tracker) begin(ctx context.Context, label string) (context.Context, fun
 	s.n.Add(1)
 	if t.draining.Load() {
 		t.release(s)
-		return ctx, func() {}, ErrDraining
+		return ctx, ticket{}, ErrDraining
 	}
 	if t.hook != nil {
 		t.hook(hookAdmitted)
@@ -157,7 +180,7 @@ func (t *Tracker) begin(ctx context.Context, label string) (context.Context, fun
 	}
 	sl := &s.slots[i]
 	s.seq++
-	sl.cancel, sl.id, sl.label, sl.started = cancel, s.seq*numShards+uint64(si), label, now
+	sl.cancel, sl.attempts, sl.id, sl.label, sl.started = cancel, ac, s.seq*numShards+uint64(si), label, now
 	gen := sl.gen
 	s.mu.Unlock()
 	if t.hook != nil {
@@ -172,9 +195,9 @@ func (t *Tracker) begin(ctx context.Context, label string) (context.Context, fun
 	if t.forceFlag.Load() && !t.keepForced(s, i, gen) {
 		cancel(ErrDraining)
 		t.release(s)
-		return ctx, func() {}, ErrDraining
+		return ctx, ticket{}, ErrDraining
 	}
-	return cctx, func() { t.finish(si, i, gen) }, nil
+	return cctx, ticket{si, i, gen}, nil
 }
 
 // keepForced settles, for a call that registered slot i of s (generation
@@ -189,13 +212,14 @@ func (t *Tracker) keepForced(s *shard, i int32, gen uint64) bool {
 	if sl.reported {
 		return true
 	}
-	sl.gen, sl.cancel, sl.label, sl.nextFree = gen+1, nil, "", s.free
+	sl.gen, sl.cancel, sl.attempts, sl.label, sl.nextFree = gen+1, nil, nil, "", s.free
 	s.free = i + 1
 	return false
 }
 
-// finish is the done of the call in slot i of shard si, generation gen.
-func (t *Tracker) finish(si uint32, i int32, gen uint64) {
+// finish is the done of the call tk registered.
+func (t *Tracker) finish(tk ticket) {
+	si, i, gen := tk.si, tk.i, tk.gen
 	s := &t.shards[si]
 	s.mu.Lock()
 	sl := &s.slots[i]
@@ -205,7 +229,7 @@ func (t *Tracker) finish(si uint32, i int32, gen uint64) {
 	}
 	cancel := sl.cancel
 	// Field by field: assigning a whole slot costs a typed copy.
-	sl.gen, sl.cancel, sl.label, sl.nextFree, sl.reported = gen+1, nil, "", s.free, false
+	sl.gen, sl.cancel, sl.attempts, sl.label, sl.nextFree, sl.reported = gen+1, nil, nil, "", s.free, false
 	s.free = i + 1
 	s.mu.Unlock()
 	cancel(context.Canceled)
@@ -375,6 +399,9 @@ func (t *Tracker) cancelAll() []CallInfo {
 			if sl := &s.slots[j]; sl.cancel != nil {
 				sl.reported = true
 				sl.cancel(ErrForcedShutdown)
+				if sl.attempts != nil {
+					sl.attempts.cancelAttempt(ErrForcedShutdown)
+				}
 				infos = append(infos, CallInfo{ID: sl.id, Label: sl.label, Started: now.Add(sl.started - mono)})
 			}
 		}

@@ -103,7 +103,7 @@ func TestDrainWithNothingInFlight(t *testing.T) {
 
 func TestForcedDrainCancelsStragglers(t *testing.T) {
 	tr := NewTracker()
-	ctx1, done1, err := tr.begin(context.Background(), "POST /v1/chat/completions")
+	ctx1, done1, err := beginLabelled(tr, context.Background(), "POST /v1/chat/completions")
 	require.NoError(t, err)
 	ctx2, done2, err := tr.Begin(context.Background())
 	require.NoError(t, err)
@@ -340,7 +340,7 @@ func TestForcedDrainNamesBeginItSaw(t *testing.T) {
 	h := holdAt(tr, hookRegistered, hookScanned)
 	begun := make(chan beginResult, 1)
 	go func() {
-		ctx, done, err := tr.begin(context.Background(), "POST /v1/embeddings")
+		ctx, done, err := beginLabelled(tr, context.Background(), "POST /v1/embeddings")
 		begun <- beginResult{ctx, done, err}
 	}()
 	<-h.reached(hookRegistered)
@@ -388,4 +388,13 @@ func TestForcedDrainUnfinishedCountsOnlyStragglers(t *testing.T) {
 	assert.ErrorIs(t, r.err, ErrDraining)
 	r.done()
 	assert.Zero(t, tr.InFlight())
+}
+
+// beginLabelled is Begin with a label, as the transport registers its calls.
+func beginLabelled(tr *Tracker, ctx context.Context, label string) (context.Context, func(), error) {
+	cctx, tk, err := tr.begin(ctx, label, nil)
+	if err != nil {
+		return cctx, func() {}, err
+	}
+	return cctx, func() { tr.finish(tk) }, nil
 }
