@@ -185,6 +185,12 @@ type Config struct {
 	// Tracker registers this client's calls. Nil means a new Tracker of
 	// its own; pass one Tracker to several clients to drain them together.
 	Tracker *Tracker
+	// Quota is where attempts draw their requests and tokens from, once a
+	// target's x-ratelimit-* headers have told its limits; see Quota. Nil
+	// means a LocalQuota of the client's own, which paces this process
+	// only; a shared Quota (the redisquota module) paces a fleet of
+	// replicas that use one key.
+	Quota Quota
 }
 
 // String describes the config with the API keys redacted.
@@ -471,6 +477,9 @@ func resolve(cfg Config) (resolved, error) {
 	}
 	if cfg.Tracker == nil {
 		cfg.Tracker = NewTracker()
+	}
+	if cfg.Quota == nil {
+		cfg.Quota = new(LocalQuota)
 	}
 	r.Config = cfg
 	return r, errors.Join(errs...)
