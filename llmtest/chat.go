@@ -190,7 +190,7 @@ func (s *Server) serveChat(w http.ResponseWriter, r *http.Request) {
 	} else if bad, ok := s.validateChat(body); !ok {
 		s.countFault()
 		f = bad
-	} else {
+	} else if f = s.gate(w, req); f.kind == kindOK {
 		f = s.nextFault(lastUserMessage(req), req.Stream)
 	}
 
@@ -205,7 +205,7 @@ func (s *Server) serveChat(w http.ResponseWriter, r *http.Request) {
 	if f.kind == kindDelay {
 		delay = f.delay
 	}
-	if !s.wait(ctx, delay) {
+	if !f.immediate && !s.wait(ctx, delay) {
 		done()
 		abort(w, false)
 		return

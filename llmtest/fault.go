@@ -41,6 +41,7 @@ type Fault struct {
 	body      string
 	hasBody   bool
 	code      string // the error's "code" (WithCode); empty: the status's usual one
+	immediate bool   // answered without the server's latency: a gate's (SetDown, WithRateLimit)
 }
 
 // OK is a normal successful response. It exists to interleave successes with

@@ -19,6 +19,7 @@ type config struct {
 	anyModel   bool
 	window     int
 	windowSet  bool
+	rateLimit  RateLimit
 }
 
 // Option configures a Server at construction; see NewServer.

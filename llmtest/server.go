@@ -39,8 +39,9 @@ type Server struct {
 	conns    sync.WaitGroup
 	closing  sync.Once
 
-	connMu sync.Mutex
-	live   map[net.Conn]struct{} // connections neither closed nor hijacked
+	connMu   sync.Mutex
+	live     map[net.Conn]struct{} // connections neither closed nor hijacked
+	accepted int                   // connections accepted, ever
 
 	mu        sync.Mutex // guards everything below
 	latency   time.Duration
@@ -52,6 +53,8 @@ type Server struct {
 	completed map[string]int
 	history   map[string][]Exchange
 	nextID    uint64
+	limiter   limiter // WithRateLimit's buckets
+	down      int     // SetDown's status; 0: up
 }
 
 // NewServer starts a Server on 127.0.0.1 at a fresh port (or at the WithAddr
@@ -95,6 +98,7 @@ func NewServer(opts ...Option) *Server {
 		jitterRNG:     rand.New(rand.NewPCG(uint64(cfg.seed), 2)),
 		completed:     make(map[string]int),
 		history:       make(map[string][]Exchange),
+		limiter:       newLimiter(cfg.rateLimit),
 	}
 	s.http = &http.Server{
 		Handler:     http.HandlerFunc(s.route),
@@ -212,6 +216,7 @@ func (s *Server) trackConn(c net.Conn, state http.ConnState) {
 	switch state {
 	case http.StateNew:
 		s.live[c] = struct{}{}
+		s.accepted++
 		s.conns.Add(1)
 	case http.StateHijacked, http.StateClosed:
 		// A hijacked connection is closed by the handler that took it.

@@ -21,6 +21,7 @@ type Stats struct {
 	InFlight    int // chat requests received whose outcome the client has not been sent yet
 	MaxInFlight int // high-water mark of InFlight since the server started
 	Other       int // requests to any path or method other than POST /v1/chat/completions
+	RateLimited int // chat requests answered 429 by WithRateLimit's metering (counted in Faults too)
 }
 
 // Stats returns a consistent snapshot of the server's counters.
