@@ -57,11 +57,16 @@ var scenarios = []struct {
 	{"failover", runFailover},
 	{"batch", runBatch},
 	{"stream", runStream},
+	{"fleet", runFleet},
 }
 
 func main() {
 	if spec := os.Getenv(streamChildEnv); spec != "" {
 		streamChild(spec)
+		return
+	}
+	if spec := os.Getenv(fleetWorkerEnv); spec != "" {
+		fleetWorker(spec)
 		return
 	}
 	testing.Init() // the tracker scenario uses testing.Benchmark
