@@ -43,8 +43,8 @@ type call struct {
 	draw     draw            // the current attempt's draw from its target's gate
 	est      int             // the request's token estimate, once estMade
 	estMade  bool
-	key      secret          // the key sent with the current attempt, for scrubbing its answer
-	raw      []byte          // the request body, read once for a target with a model of its own
+	key      secret // the key sent with the current attempt, for scrubbing its answer
+	raw      []byte // the request body, read once for a target with a model of its own
 
 	// The current attempt's: its context's cancel (nil when it has the
 	// call's context); the timers of Config.AttemptTimeout and of its
