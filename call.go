@@ -40,8 +40,11 @@ type call struct {
 	attempts int
 	backoff  backoff.BackOff // made on the first retry
 	route    route           // the targets the call may still go to
-	key      secret          // the key sent with the current attempt, for scrubbing its answer
-	raw      []byte          // the request body, read once for a target with a model of its own
+	draw     draw            // the current attempt's draw from its target's gate
+	est      int             // the request's token estimate, once estMade
+	estMade  bool
+	key      secret // the key sent with the current attempt, for scrubbing its answer
+	raw      []byte // the request body, read once for a target with a model of its own
 
 	// The current attempt's: its context's cancel (nil when it has the
 	// call's context); the timers of Config.AttemptTimeout and of its
@@ -136,10 +139,19 @@ func (c *call) attempt(tg *target) (*http.Response, error) {
 		}
 		c.body = body
 	}
+	if c.attempts == 0 {
+		tg.gate.budgetRequest()
+	}
+	d, err := tg.gate.admit(c)
+	if err != nil {
+		return nil, err
+	}
+	c.draw = d
 	c.attempts++
 	countAttempt(c.ctx)
 	actx := c.attemptContext()
 	resp, err := c.t.base.RoundTrip(c.prepare(actx, tg))
+	tg.gate.learn(c.ctx, &c.draw, resp)
 	where := wherePhase(waitHeaders) // the part of the exchange that failed, for a timeout
 	if err == nil {
 		switch ok := resp.StatusCode/100 == 2; {
@@ -159,7 +171,9 @@ func (c *call) attempt(tg *target) (*http.Response, error) {
 			// follows is bounded by AttemptTimeout only.
 			if err = c.answered(false); err == nil && ok && c.jsonCall {
 				where = readingBody
-				err = readWhole(resp, &c.whole)
+				if err = readWhole(resp, &c.whole); err == nil {
+					tg.gate.used(c.ctx, &c.draw, c.whole.b)
+				}
 			}
 		}
 		if err != nil {
@@ -288,8 +302,10 @@ func (c *call) cancelAttemptGen(gen uint64, cause error) {
 	}
 }
 
-// end ends the current attempt: its timers, its watchdog, its context.
+// end ends the current attempt: its timers, its watchdog, its context,
+// its place under its target's adaptive limit.
 func (c *call) end() {
+	c.draw.done(false)
 	if c.attemptTimer != nil {
 		c.attemptTimer.Stop()
 		c.attemptTimer = nil

@@ -12,13 +12,17 @@ import (
 	"net/url"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/cenkalti/backoff/v4"
 	openai "github.com/sashabaranov/go-openai"
 	"golang.org/x/sync/semaphore"
 
+	"github.com/llmdrain/llmdrain/internal/aimd"
 	"github.com/llmdrain/llmdrain/internal/breaker"
+	"github.com/llmdrain/llmdrain/internal/budget"
+	"github.com/llmdrain/llmdrain/internal/pacing"
 	"github.com/llmdrain/llmdrain/internal/watchdog"
 )
 
@@ -81,6 +85,17 @@ func New(cfg Config) (*Client, error) {
 	}
 	tr.router.onRestore = func(tg *target) {
 		tr.log(context.Background(), "llmdrain: target back in rotation", "endpoint", tg.host(), "model", tg.model)
+	}
+	var quotaDown atomic.Bool
+	for _, tg := range tr.router.targets {
+		g := &gate{pacer: pacing.New(nil), quota: r.Quota, key: quotaKey(tg.origin, tg.key), quotaDown: &quotaDown, log: tr.log}
+		if r.AdaptiveCeiling > 0 {
+			g.limit = aimd.New(r.AdaptiveCeiling)
+		}
+		if r.RetryBudget > 0 || r.MinRetriesPerSecond > 0 {
+			g.budget = budget.New(max(r.RetryBudget, 0), max(r.MinRetriesPerSecond, 0), nil)
+		}
+		tg.gate = g
 	}
 	tr.base = newKeyGuard(baseTransport(r.HTTPClient), origins, keys)
 	if r.MaxConcurrent > 0 {

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"net"
 	"net/http"
 	"net/url"
@@ -185,8 +186,37 @@ type Config struct {
 	// Tracker registers this client's calls. Nil means a new Tracker of
 	// its own; pass one Tracker to several clients to drain them together.
 	Tracker *Tracker
+	// RetryBudget bounds each target's retries to this share of the calls
+	// sent to it over the last 10 s, plus MinRetriesPerSecond: when a
+	// target fails for many calls at once, retries stop adding load to
+	// it, and a call whose retry the budget refuses ends at once with its
+	// last error, matching ErrRetryBudget. 0 means DefaultRetryBudget
+	// (20 %, Finagle's and Linkerd's); a negative value means no budget,
+	// every retry MaxRetries allows is made.
+	RetryBudget float64
+	// MinRetriesPerSecond is the retries per second each target's budget
+	// allows whatever the traffic, so a client that makes few calls still
+	// retries them. 0 means DefaultMinRetriesPerSecond (10); a negative
+	// value means none beyond the RetryBudget share.
+	MinRetriesPerSecond float64
+	// AdaptiveCeiling bounds each target's adaptive concurrency limit:
+	// the attempts in flight to it at once, a limit that halves when the
+	// target answers 429 or 503 and grows by one for each limit's worth of
+	// clean answers, down to 1 and up to the ceiling. Attempts above it
+	// wait, bounded by their context (a drain refuses new calls as
+	// always). Latency is no signal: an LLM's follows its output's
+	// length. 0 means MaxConcurrent, or DefaultAdaptiveCeiling (256) when
+	// that is unlimited; a larger value is cut to MaxConcurrent; a
+	// negative value turns the adaptive limit off.
+	AdaptiveCeiling int
 	// Quota is where attempts draw their requests and tokens from, once a
-	// target's x-ratelimit-* headers have told its limits; see Quota. Nil
+	// target's x-ratelimit-* headers have told its limits; see Quota.
+	// Attempts are paced from those headers: held while the quota they
+	// describe would be overdrawn, then spaced evenly at its refill rate,
+	// their tokens estimated before sending (the prompt's bytes / 4 plus
+	// max_tokens) and corrected with the usage that comes back. A
+	// provider that sends no such headers is paced by the adaptive limit
+	// and the retry budget alone. Nil
 	// means a LocalQuota of the client's own, which paces this process
 	// only; a shared Quota (the redisquota module) paces a fleet of
 	// replicas that use one key.
@@ -199,8 +229,8 @@ func (c Config) String() string {
 	if len(c.Fallbacks) > 0 {
 		fallbacks = ", Fallbacks: " + targetsString(c.Fallbacks)
 	}
-	return fmt.Sprintf("llmdrain.Config{APIKey: %s, BaseURL: %q, FallbackURLs: %q%s, Model: %q, MaxRetries: %d, MaxConcurrent: %d, AttemptTimeout: %v, FirstTokenTimeout: %v, StreamIdleTimeout: %v}",
-		redact(c.APIKey), redactURL(c.BaseURL), redactURLs(c.FallbackURLs), fallbacks, c.Model, c.MaxRetries, c.MaxConcurrent, c.AttemptTimeout, c.FirstTokenTimeout, c.StreamIdleTimeout)
+	return fmt.Sprintf("llmdrain.Config{APIKey: %s, BaseURL: %q, FallbackURLs: %q%s, Model: %q, MaxRetries: %d, MaxConcurrent: %d, AttemptTimeout: %v, FirstTokenTimeout: %v, StreamIdleTimeout: %v, RetryBudget: %v, MinRetriesPerSecond: %v, AdaptiveCeiling: %d, Quota: %s}",
+		redact(c.APIKey), redactURL(c.BaseURL), redactURLs(c.FallbackURLs), fallbacks, c.Model, c.MaxRetries, c.MaxConcurrent, c.AttemptTimeout, c.FirstTokenTimeout, c.StreamIdleTimeout, c.RetryBudget, c.MinRetriesPerSecond, c.AdaptiveCeiling, quotaName(c.Quota))
 }
 
 // Format makes every fmt verb (%v, %+v, %#v, %s, %d, ...) print String, so
@@ -220,7 +250,20 @@ func (c Config) LogValue() slog.Value {
 		slog.Duration("attempt_timeout", c.AttemptTimeout),
 		slog.Duration("first_token_timeout", c.FirstTokenTimeout),
 		slog.Duration("stream_idle_timeout", c.StreamIdleTimeout),
+		slog.Float64("retry_budget", c.RetryBudget),
+		slog.Float64("min_retries_per_second", c.MinRetriesPerSecond),
+		slog.Int("adaptive_ceiling", c.AdaptiveCeiling),
+		slog.String("quota", quotaName(c.Quota)),
 	)
+}
+
+// quotaName names a Quota by its type only: a shared one may hold a
+// connection string with a password.
+func quotaName(q Quota) string {
+	if q == nil {
+		return "nil"
+	}
+	return fmt.Sprintf("%T", q)
 }
 
 func redact(key string) string {
@@ -480,6 +523,28 @@ func resolve(cfg Config) (resolved, error) {
 	}
 	if cfg.Quota == nil {
 		cfg.Quota = new(LocalQuota)
+	}
+	for _, f := range []struct {
+		name string
+		v    *float64
+		def  float64
+	}{{"RetryBudget", &cfg.RetryBudget, DefaultRetryBudget}, {"MinRetriesPerSecond", &cfg.MinRetriesPerSecond, DefaultMinRetriesPerSecond}} {
+		switch v := *f.v; {
+		case math.IsNaN(v) || math.IsInf(v, 0):
+			bad(f.name, "%v is not a number; use 0 for the default %v, a negative value for none", v, f.def)
+		case v > 10:
+			bad(f.name, "%v is no bound (%s is a share of the calls, 0.2 for 20 %%, or retries per second); use a negative value for none", v, f.name)
+		case v == 0:
+			*f.v = f.def
+		}
+	}
+	switch {
+	case cfg.AdaptiveCeiling == 0 && cfg.MaxConcurrent > 0:
+		cfg.AdaptiveCeiling = cfg.MaxConcurrent
+	case cfg.AdaptiveCeiling == 0:
+		cfg.AdaptiveCeiling = DefaultAdaptiveCeiling
+	case cfg.AdaptiveCeiling > 0 && cfg.MaxConcurrent > 0:
+		cfg.AdaptiveCeiling = min(cfg.AdaptiveCeiling, cfg.MaxConcurrent)
 	}
 	r.Config = cfg
 	return r, errors.Join(errs...)

@@ -153,7 +153,13 @@ type RetryError struct {
 	Attempts int    // attempts made, the first one included
 	Reason   string // why no further attempt, such as "gave up"
 	Err      error  // the last attempt's error
+
+	budget bool // the retry budget refused the next attempt
 }
+
+// Is reports whether target is ErrRetryBudget and the retry budget
+// (Config.RetryBudget) ended the call.
+func (e *RetryError) Is(target error) bool { return e.budget && target == ErrRetryBudget }
 
 // Error says why the call stopped, after how many attempts, and the last
 // error, such as "llmdrain: gave up after 4 attempts: dial tcp ...".

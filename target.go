@@ -61,6 +61,9 @@ type target struct {
 	// breaker takes the target out of rotation; nil (a router of one
 	// target) never does.
 	breaker *breaker.Breaker
+	// gate paces attempts under the target's quota and adapts how many
+	// run at once; nil: neither.
+	gate *gate
 }
 
 // origin is the scheme and host of a target.

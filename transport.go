@@ -109,6 +109,9 @@ func (t *transport) RoundTrip(req *http.Request) (*http.Response, error) {
 		}
 		holding = false
 		t.router.record(&c.route, tg, permit, o)
+		if o != healthy {
+			c.draw.done(o == overloaded)
+		}
 		switch o {
 		case abandoned: // the caller gave up or the drain forced: never retried
 			return nil, c.abandon(resp, err)
@@ -136,6 +139,10 @@ func (t *transport) RoundTrip(req *http.Request) (*http.Response, error) {
 			resp, err = c.giveUp(resp, err, st)
 			handedOver = err == nil
 			return resp, err
+		}
+		if !tg.gate.retry() {
+			t.log(c.ctx, "llmdrain: retry budget spent, not retrying", "attempt", c.attempts, "endpoint", tg.host(), "reason", reason(resp, err))
+			return nil, budgetError(c, resp, err)
 		}
 		if o == silent {
 			wait = 0 // the timeout was the wait; the next target is another

@@ -1,0 +1,250 @@
+// Package pacing keeps a target's calls under the quota its answers
+// describe in OpenAI's x-ratelimit-* headers: the limit, the remaining
+// and the time to reset, of requests and of tokens. It mirrors the
+// provider's buckets (each holds at most its limit and refills
+// continuously, so that reset is the time until it is full): the last
+// answer's remaining, anchored at the time its attempt was sent, plus
+// what has refilled since, minus what this client has drawn since. An
+// attempt that would overdraw waits until the mirror has refilled enough;
+// so once the burst is spent, attempts go out spaced evenly at the refill
+// rate rather than in a burst at each reset.
+//
+// Tokens are estimated before sending (the prompt's bytes / 4, plus
+// max_tokens or else the completions seen so far) and corrected with the
+// usage that comes back. A provider that sends no headers is not paced.
+package pacing
+
+import (
+	"math"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+)
+
+// Pacer is one target's pacing. A nil *Pacer paces nothing. Safe for
+// concurrent use.
+type Pacer struct {
+	now func() time.Time
+
+	mu         sync.Mutex
+	seq        uint64 // tickets issued
+	req, tok   axis
+	completion float64 // the running estimate of a completion's tokens
+}
+
+// axis is the mirror of one of the provider's buckets.
+type axis struct {
+	drawn     int64 // drawn by this client, ever: requests, or estimated tokens
+	limit     int   // 0: not known (no header yet, or none sent)
+	remaining float64
+	at        time.Time     // when the attempt whose answer told remaining was sent
+	sent      int64         // drawn, that attempt included, when it was sent
+	seq       uint64        // its ticket
+	period    time.Duration // the time the limit refills in; kept steady
+}
+
+// initialCompletion is the completion estimate before any usage was
+// seen: a paragraph.
+const initialCompletion = 256
+
+// New returns a pacer on the clock now (nil: time.Now).
+func New(now func() time.Time) *Pacer {
+	if now == nil {
+		now = time.Now
+	}
+	return &Pacer{now: now, completion: initialCompletion}
+}
+
+// Ticket is one attempt's draw, to be told about its answer.
+type Ticket struct {
+	seq            uint64
+	at             time.Time
+	sentReq, sentT int64
+	tokens         int // estimated
+}
+
+// Tokens is the draw's token estimate.
+func (t Ticket) Tokens() int { return t.tokens }
+
+// Estimate returns the tokens of a request of promptBytes whose
+// completion is bounded by maxTokens (0: not bounded).
+func (p *Pacer) Estimate(promptBytes, maxTokens int) int {
+	if p == nil {
+		return 0
+	}
+	est := (promptBytes + 3) / 4
+	if maxTokens > 0 {
+		return est + maxTokens
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return est + int(math.Ceil(p.completion))
+}
+
+// Reserve draws one request and tokens at now if the mirror holds them,
+// and returns the ticket; else it returns how long until it would
+// (nothing drawn).
+func (p *Pacer) Reserve(tokens int) (Ticket, time.Duration) {
+	if p == nil {
+		return Ticket{}, 0
+	}
+	now := p.now()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	wait := max(p.req.wait(now, 1), p.tok.wait(now, float64(tokens)))
+	if wait > 0 {
+		return Ticket{}, wait
+	}
+	p.seq++
+	p.req.drawn++
+	p.tok.drawn += int64(tokens)
+	return Ticket{seq: p.seq, at: now, sentReq: p.req.drawn, sentT: p.tok.drawn, tokens: tokens}, 0
+}
+
+// Known reports whether the target has told any limit.
+func (p *Pacer) Known() bool {
+	if p == nil {
+		return false
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.req.limit > 0 || p.tok.limit > 0
+}
+
+// Cancel gives back a draw whose attempt was not sent, or that the
+// provider refused (a 429 draws nothing from its buckets).
+func (p *Pacer) Cancel(t Ticket) {
+	if p == nil || t.seq == 0 {
+		return
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.req.undo(t.seq, 1)
+	p.tok.undo(t.seq, int64(t.tokens))
+}
+
+// Observe learns from the headers of the answer to t's attempt.
+func (p *Pacer) Observe(t Ticket, h http.Header) {
+	if p == nil || t.seq == 0 {
+		return
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.req.observe(t, t.sentReq, h, "requests")
+	p.tok.observe(t, t.sentT, h, "tokens")
+}
+
+// Used corrects t's estimate with the usage its answer reported: total
+// tokens, of which completion. It returns the estimate's excess (negative
+// when the estimate was short), for the caller to give back to a shared
+// quota.
+func (p *Pacer) Used(t Ticket, total, completion int) int {
+	if p == nil || t.seq == 0 {
+		return 0
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.completion = 0.8*p.completion + 0.2*float64(completion)
+	excess := t.tokens - total
+	p.tok.undo(t.seq, int64(excess))
+	return excess
+}
+
+// Limit returns the limits the target told and the period they refill
+// in, once it has told one.
+func (p *Pacer) Limit() (requests, tokens int, period time.Duration, ok bool) {
+	if p == nil {
+		return 0, 0, 0, false
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	switch {
+	case p.req.limit > 0:
+		period = p.req.period
+	case p.tok.limit > 0:
+		period = p.tok.period
+	default:
+		return 0, 0, 0, false
+	}
+	tokens = p.tok.limit
+	if tokens > 0 && p.tok.period != period {
+		// One period for both axes: the tokens' rate over the requests'.
+		tokens = int(math.Round(float64(tokens) * period.Seconds() / p.tok.period.Seconds()))
+	}
+	return p.req.limit, tokens, period, true
+}
+
+// undo takes n back from what was drawn by ticket seq, keeping the
+// mirror's count of what was drawn since its anchor right.
+func (a *axis) undo(seq uint64, n int64) {
+	a.drawn -= n
+	if seq <= a.seq {
+		a.sent -= n // drawn before the anchor: not in the count since
+	}
+}
+
+// wait returns how long until the mirror holds need at now; 0 if it does
+// or knows no limit.
+func (a *axis) wait(now time.Time, need float64) time.Duration {
+	if a.limit <= 0 {
+		return 0
+	}
+	rate := float64(a.limit) / a.period.Seconds()
+	need = math.Min(need, float64(a.limit)) // more than the bucket: waits for it full
+	held := math.Min(float64(a.limit), a.remaining+rate*now.Sub(a.at).Seconds()) - float64(a.drawn-a.sent)
+	if held >= need {
+		return 0
+	}
+	return time.Duration(math.Ceil((need - held) / rate * float64(time.Second)))
+}
+
+// observe takes the axis's headers of t's answer, if newer than the
+// anchor.
+func (a *axis) observe(t Ticket, sent int64, h http.Header, name string) {
+	limit, err := strconv.Atoi(h.Get("X-Ratelimit-Limit-" + name))
+	if err != nil || limit <= 0 {
+		return
+	}
+	remaining, err := strconv.ParseFloat(h.Get("X-Ratelimit-Remaining-"+name), 64)
+	if err != nil {
+		return
+	}
+	reset, ok := ParseReset(h.Get("X-Ratelimit-Reset-" + name))
+	if limit != a.limit {
+		a.limit, a.period = limit, 0
+	}
+	if a.period == 0 {
+		a.period = time.Minute // OpenAI's and most providers'; the reset refines it
+	}
+	// The period from the reset, when enough is missing from the bucket
+	// for the figure to be precise; kept unless it differs by a quarter,
+	// so a shared quota sees a steady limit.
+	if missing := float64(limit) - remaining; ok && reset > 0 && missing >= math.Max(2, float64(limit)/20) {
+		period := time.Duration(float64(reset) * float64(limit) / missing)
+		if d := math.Abs(float64(period-a.period)) / float64(a.period); d > 0.25 {
+			a.period = period
+		}
+	}
+	if t.seq <= a.seq {
+		return // an older attempt's: the anchor knows more
+	}
+	a.remaining, a.at, a.sent, a.seq = remaining, t.at, sent, t.seq
+}
+
+// ParseReset reads an x-ratelimit-reset-* value: a Go-style duration as
+// OpenAI sends it ("1s", "6m0s", "20ms", "1m30.5s"), or plain seconds.
+func ParseReset(s string) (time.Duration, bool) {
+	s = strings.TrimSpace(s)
+	if s == "" {
+		return 0, false
+	}
+	if d, err := time.ParseDuration(s); err == nil && d >= 0 {
+		return d, true
+	}
+	if f, err := strconv.ParseFloat(s, 64); err == nil && f >= 0 && !math.IsInf(f, 0) {
+		return time.Duration(f * float64(time.Second)), true
+	}
+	return 0, false
+}

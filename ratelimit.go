@@ -1,0 +1,267 @@
+package llmdrain
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"io"
+	"net/http"
+	"strconv"
+	"sync/atomic"
+	"time"
+
+	openai "github.com/sashabaranov/go-openai"
+
+	"github.com/llmdrain/llmdrain/internal/aimd"
+	"github.com/llmdrain/llmdrain/internal/budget"
+	"github.com/llmdrain/llmdrain/internal/pacing"
+)
+
+// Rate-limit defaults. The retry budget's are Finagle's RetryBudget and
+// Linkerd's (percentCanRetry 0.2, minRetriesPerSec 10, over a 10 s
+// window); gRPC's retry throttling (proposal A6) bounds retries the same
+// way with a token bucket.
+const (
+	// DefaultRetryBudget is Config.RetryBudget when 0: retries per target
+	// may add 20 % to its requests.
+	DefaultRetryBudget = 0.2
+	// DefaultMinRetriesPerSecond is Config.MinRetriesPerSecond when 0: the
+	// retries per second a target's budget allows whatever the traffic, so
+	// that a client making few calls still retries them.
+	DefaultMinRetriesPerSecond = 10
+	// DefaultAdaptiveCeiling bounds a target's adaptive concurrency limit
+	// when neither Config.AdaptiveCeiling nor MaxConcurrent does.
+	DefaultAdaptiveCeiling = 256
+)
+
+// ErrRetryBudget matches the error of a call whose retries the retry
+// budget cut (see Config.RetryBudget): its target is failing for many
+// calls at once, and this one ended with its last attempt's error rather
+// than add load. The error wraps that last error too: errors.As finds the
+// *openai.APIError (or *openai.RequestError) of the last answer, or the
+// connection error of the last attempt.
+var ErrRetryBudget = errors.New("llmdrain: retry budget spent")
+
+// gate is what stands between a call and a target's quota: the pacing
+// from its rate-limit headers, drawing from the Quota; its adaptive
+// concurrency limit; and its retry budget. Each part nil is off.
+type gate struct {
+	pacer  *pacing.Pacer
+	limit  *aimd.Limiter
+	budget *budget.Budget
+	quota  Quota
+	key    string // the target's bucket in quota: no secret in it
+	// quotaDown is set once a Quota error was logged: a dead shared quota
+	// is said once, then paced around locally.
+	quotaDown *atomic.Bool
+	log       func(ctx context.Context, msg string, args ...any)
+}
+
+// quotaKey names a target's bucket in a Quota: a hash of its origin and
+// of its key, the same in every process, so that replicas sharing a key
+// share a bucket, and no key in it.
+func quotaKey(o origin, key secret) string {
+	h := sha256.New()
+	h.Write([]byte("llmdrain quota\x00" + o.scheme + "://" + o.host + "\x00"))
+	h.Write([]byte(key))
+	return "llmdrain:" + hex.EncodeToString(h.Sum(nil)[:16])
+}
+
+// draw is an attempt's draw from the gate, given back or corrected
+// once its answer is in.
+type draw struct {
+	pace   pacing.Ticket
+	lim    Limit // the Limit drawn from the Quota under; zero: none
+	permit aimd.Permit
+	held   bool // permit is held
+}
+
+// admit holds the call's next attempt at g until the quota has room for
+// it (pacing) and the adaptive limit a place, bounded by the call's
+// context. The call's tokens are estimated once a limit is known.
+func (g *gate) admit(c *call) (draw, error) {
+	var tk draw
+	if g == nil {
+		return tk, nil
+	}
+	tokens := -1
+	for g.pacer.Known() {
+		if tokens < 0 {
+			tokens = c.estimate(g.pacer)
+		}
+		pt, wait := g.pacer.Reserve(tokens)
+		if wait == 0 {
+			tk.pace = pt
+			r, t, period, _ := g.pacer.Limit()
+			lim := Limit{Requests: r, Tokens: t, Period: period}
+			wait = g.take(c.ctx, lim, 1, tokens)
+			if wait == 0 {
+				tk.lim = lim
+				break
+			}
+			g.pacer.Cancel(pt)
+			tk.pace = pacing.Ticket{}
+		}
+		if err := sleep(c.ctx, wait); err != nil {
+			return tk, callError(c.ctx, err)
+		}
+	}
+	p, _, err := g.limit.Acquire(c.ctx)
+	if err != nil {
+		g.giveBack(c.ctx, &tk)
+		return tk, callError(c.ctx, err)
+	}
+	tk.permit, tk.held = p, true
+	return tk, nil
+}
+
+// budgetRequest counts a call's first attempt in the retry budget.
+func (g *gate) budgetRequest() {
+	if g != nil {
+		g.budget.Request()
+	}
+}
+
+// retry reports whether the retry budget allows a retry, counting it.
+func (g *gate) retry() bool {
+	return g == nil || g.budget.Retry()
+}
+
+// estimate returns the call's token estimate: its body's bytes / 4 plus
+// the max_completion_tokens (or max_tokens) it names, else the pacer's
+// estimate of a completion. The body is read once, from a copy.
+func (c *call) estimate(p *pacing.Pacer) int {
+	if c.estMade {
+		return c.est
+	}
+	c.estMade = true
+	if c.raw == nil && c.getBody != nil {
+		if rc, err := c.getBody(); err == nil {
+			if b, err := io.ReadAll(rc); err == nil {
+				c.raw = b
+			}
+			rc.Close()
+		}
+	}
+	maxTokens, ok := usageField(c.raw, `"max_completion_tokens"`)
+	if !ok {
+		maxTokens, _ = usageField(c.raw, `"max_tokens"`)
+	}
+	c.est = p.Estimate(len(c.raw), maxTokens)
+	return c.est
+}
+
+// take draws from the Quota; an error there paces locally (0), said once.
+func (g *gate) take(ctx context.Context, lim Limit, requests, tokens int) time.Duration {
+	wait, err := g.quota.Take(ctx, g.key, lim, requests, tokens)
+	if err != nil {
+		if ctx.Err() == nil && g.quotaDown != nil && !g.quotaDown.Swap(true) {
+			g.log(ctx, "llmdrain: quota unreachable, pacing locally", "error", err)
+		}
+		return 0
+	}
+	return wait
+}
+
+// giveBack returns an attempt's draw that the provider did not count: the
+// attempt was not sent, or was answered 429.
+func (g *gate) giveBack(ctx context.Context, tk *draw) {
+	g.pacer.Cancel(tk.pace)
+	if tk.lim != (Limit{}) {
+		g.take(ctx, tk.lim, -1, -tk.pace.Tokens())
+	}
+	tk.pace, tk.lim = pacing.Ticket{}, Limit{}
+}
+
+// learn takes what an attempt's answer says of the quota: its headers,
+// and a 429's refusal, which drew nothing.
+func (g *gate) learn(ctx context.Context, tk *draw, resp *http.Response) {
+	if g == nil || resp == nil {
+		return
+	}
+	g.pacer.Observe(tk.pace, resp.Header)
+	if resp.StatusCode == http.StatusTooManyRequests {
+		g.giveBack(ctx, tk)
+	}
+}
+
+// used corrects an attempt's token estimate with the usage in its answer,
+// a JSON body read whole.
+func (g *gate) used(ctx context.Context, tk *draw, body []byte) {
+	if g == nil || tk.pace.Tokens() == 0 {
+		return
+	}
+	total, ok := usageField(body, `"total_tokens"`)
+	if !ok {
+		return
+	}
+	completion, _ := usageField(body, `"completion_tokens"`)
+	if excess := g.pacer.Used(tk.pace, total, completion); excess != 0 && tk.lim != (Limit{}) {
+		// Given back when over-estimated; drawn, if the bucket has it,
+		// when short.
+		g.take(ctx, tk.lim, 0, -excess)
+	}
+}
+
+// done gives back an attempt's place under the adaptive limit; overloaded
+// halves the limit. Once per attempt.
+func (tk *draw) done(overloaded bool) {
+	if tk.held {
+		tk.held = false
+		tk.permit.Done(overloaded)
+	}
+}
+
+// usageField finds the number after name in the usage object at the end
+// of a chat or completion body, without decoding the whole body twice.
+func usageField(body []byte, name string) (int, bool) {
+	i := bytes.LastIndex(body, []byte(name))
+	if i < 0 {
+		return 0, false
+	}
+	rest := bytes.TrimLeft(body[i+len(name):], " \t\r\n")
+	rest, ok := bytes.CutPrefix(rest, []byte(":"))
+	if !ok {
+		return 0, false
+	}
+	rest = bytes.TrimLeft(rest, " \t\r\n")
+	n := 0
+	for n < len(rest) && rest[n] >= '0' && rest[n] <= '9' {
+		n++
+	}
+	v, err := strconv.Atoi(string(rest[:n]))
+	return v, err == nil
+}
+
+// budgetError is the error of a call whose retry the budget refused: the
+// last attempt's, as go-openai would have made it of a response.
+func budgetError(c *call, resp *http.Response, err error) error {
+	if resp != nil {
+		body := io.ReadCloser(&errorBody{rc: resp.Body, key: c.key})
+		for _, k := range c.t.router.otherKeys(c.key) {
+			body = &errorBody{rc: body, key: k}
+		}
+		b, rerr := io.ReadAll(io.LimitReader(body, drainLimit))
+		body.Close()
+		err = responseError(resp, b, rerr)
+	}
+	c.end()
+	return &RetryError{Attempts: c.attempts, Reason: "retry budget spent", Err: err, budget: true}
+}
+
+// responseError is the error go-openai makes of an error response whose body
+// is b.
+func responseError(resp *http.Response, b []byte, rerr error) error {
+	if rerr != nil {
+		return &openai.RequestError{HTTPStatus: resp.Status, HTTPStatusCode: resp.StatusCode, Err: rerr, Body: b}
+	}
+	var er openai.ErrorResponse
+	if err := json.Unmarshal(b, &er); err != nil || er.Error == nil {
+		return &openai.RequestError{HTTPStatus: resp.Status, HTTPStatusCode: resp.StatusCode, Err: err, Body: b}
+	}
+	er.Error.HTTPStatus, er.Error.HTTPStatusCode = resp.Status, resp.StatusCode
+	return er.Error
+}
