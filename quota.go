@@ -64,7 +64,7 @@ func (q *LocalQuota) Take(_ context.Context, key string, lim Limit, requests, to
 	}
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	b := q.bucket(key, lim)
+	b := q.bucket(now, key, lim)
 	if requests < 0 || tokens < 0 {
 		if b.requests != nil && requests < 0 {
 			b.requests.Give(now, -requests)
@@ -93,27 +93,38 @@ func (q *LocalQuota) Take(_ context.Context, key string, lim Limit, requests, to
 	return wait, nil
 }
 
-// bucket returns key's bucket, made anew when lim changed (a provider's
-// new limit starts full, as the provider's own does not; the headers
-// correct it).
-func (q *LocalQuota) bucket(key string, lim Limit) *localBucket {
-	if b, ok := q.buckets[key]; ok && b.lim == lim {
+// bucket returns key's bucket under lim. A bucket whose limit changed
+// keeps its level: the share of it in use.
+func (q *LocalQuota) bucket(now time.Time, key string, lim Limit) *localBucket {
+	b, ok := q.buckets[key]
+	if ok && b.lim == lim {
 		return b
 	}
 	if q.buckets == nil {
 		q.buckets = make(map[string]*localBucket)
 	}
-	b := &localBucket{lim: lim}
+	if !ok {
+		b = new(localBucket)
+		q.buckets[key] = b
+	}
+	b.lim = lim
 	period := lim.Period
 	if period <= 0 {
 		period = time.Minute
 	}
-	if lim.Requests > 0 {
-		b.requests = gcra.New(lim.Requests, period, lim.Requests)
+	b.requests = resize(b.requests, now, lim.Requests, period)
+	b.tokens = resize(b.tokens, now, lim.Tokens, period)
+	return b
+}
+
+// resize returns b with a new limit, nil when unlimited, new when none.
+func resize(b *gcra.Bucket, now time.Time, limit int, period time.Duration) *gcra.Bucket {
+	switch {
+	case limit <= 0:
+		return nil
+	case b == nil:
+		return gcra.New(limit, period, limit)
 	}
-	if lim.Tokens > 0 {
-		b.tokens = gcra.New(lim.Tokens, period, lim.Tokens)
-	}
-	q.buckets[key] = b
+	b.Resize(now, limit, period, limit)
 	return b
 }

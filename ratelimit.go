@@ -87,23 +87,26 @@ func (g *gate) admit(c *call) (draw, error) {
 	if g == nil {
 		return tk, nil
 	}
-	tokens := -1
-	for g.pacer.Known() {
-		if tokens < 0 {
+	for {
+		// Drawn even before a limit is known: the draw anchors what the
+		// answer's headers say.
+		tokens := 0
+		if g.pacer.Known() {
 			tokens = c.estimate(g.pacer)
 		}
 		pt, wait := g.pacer.Reserve(tokens)
 		if wait == 0 {
-			tk.pace = pt
-			r, t, period, _ := g.pacer.Limit()
+			r, t, period, ok := g.pacer.Limit()
+			if !ok {
+				tk.pace = pt
+				break
+			}
 			lim := Limit{Requests: r, Tokens: t, Period: period}
-			wait = g.take(c.ctx, lim, 1, tokens)
-			if wait == 0 {
-				tk.lim = lim
+			if wait = g.take(c.ctx, lim, 1, tokens); wait == 0 {
+				tk.pace, tk.lim = pt, lim
 				break
 			}
 			g.pacer.Cancel(pt)
-			tk.pace = pacing.Ticket{}
 		}
 		if err := sleep(c.ctx, wait); err != nil {
 			return tk, callError(c.ctx, err)
@@ -177,21 +180,26 @@ func (g *gate) giveBack(ctx context.Context, tk *draw) {
 }
 
 // learn takes what an attempt's answer says of the quota: its headers,
-// and a 429's refusal, which drew nothing.
-func (g *gate) learn(ctx context.Context, tk *draw, resp *http.Response) {
+// and a 429's refusal. A 429 drew nothing from the provider's buckets,
+// so the mirror gives the draw back; the Quota does not: it held more
+// than the provider, which the draw corrects (a shared Quota starts full
+// when the provider's buckets may not be, and the Quota interface has no
+// other way down).
+func (g *gate) learn(tk *draw, resp *http.Response) {
 	if g == nil || resp == nil {
 		return
 	}
 	g.pacer.Observe(tk.pace, resp.Header)
 	if resp.StatusCode == http.StatusTooManyRequests {
-		g.giveBack(ctx, tk)
+		g.pacer.Cancel(tk.pace)
+		tk.pace, tk.lim = pacing.Ticket{}, Limit{}
 	}
 }
 
 // used corrects an attempt's token estimate with the usage in its answer,
-// a JSON body read whole.
-func (g *gate) used(ctx context.Context, tk *draw, body []byte) {
-	if g == nil || tk.pace.Tokens() == 0 {
+// a JSON body read whole, for a request of promptBytes.
+func (g *gate) used(ctx context.Context, tk *draw, promptBytes int, body []byte) {
+	if g == nil {
 		return
 	}
 	total, ok := usageField(body, `"total_tokens"`)
@@ -199,7 +207,7 @@ func (g *gate) used(ctx context.Context, tk *draw, body []byte) {
 		return
 	}
 	completion, _ := usageField(body, `"completion_tokens"`)
-	if excess := g.pacer.Used(tk.pace, total, completion); excess != 0 && tk.lim != (Limit{}) {
+	if excess := g.pacer.Used(tk.pace, promptBytes, total, completion); excess != 0 && tk.lim != (Limit{}) {
 		// Given back when over-estimated; drawn, if the bucket has it,
 		// when short.
 		g.take(ctx, tk.lim, 0, -excess)

@@ -49,6 +49,17 @@ func (b *Bucket) Take(now time.Time, n int) time.Duration {
 	return 0
 }
 
+// Resize changes the bucket's rate, period and burst, keeping the share
+// of the burst in use: a limit that changes keeps its bucket's level.
+func (b *Bucket) Resize(now time.Time, rate int, period time.Duration, burst int) {
+	nb := New(rate, period, burst)
+	if b.tat.After(now) {
+		used := float64(b.tat.Sub(now)) / float64(b.burst)
+		nb.tat = now.Add(time.Duration(used * float64(nb.burst)))
+	}
+	*b = *nb
+}
+
 // Give returns n units drawn earlier but not used (an estimate that was
 // too high), as far as the bucket is ahead of now.
 func (b *Bucket) Give(now time.Time, n int) {

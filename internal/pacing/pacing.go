@@ -32,7 +32,24 @@ type Pacer struct {
 	seq        uint64 // tickets issued
 	req, tok   axis
 	completion float64 // the running estimate of a completion's tokens
+	perByte    float64 // the running estimate of a prompt's tokens per byte
+	samples    int     // usages seen, up to 10: the first are averaged
+	// recent are the last draws, for what the provider may not have
+	// counted yet when it answered a later one (see skew).
+	recent [64]mark
 }
+
+// mark is one draw: when, and what had been drawn before it.
+type mark struct {
+	at       time.Time
+	req, tok int64
+}
+
+// skew is how far apart two attempts may be sent and still reach the
+// provider in the other order (they go over different connections): the
+// draws made within skew before an attempt are taken as not counted yet
+// in the remaining its answer tells. It costs a margin of skew's refill.
+const skew = 25 * time.Millisecond
 
 // axis is the mirror of one of the provider's buckets.
 type axis struct {
@@ -54,7 +71,7 @@ func New(now func() time.Time) *Pacer {
 	if now == nil {
 		now = time.Now
 	}
-	return &Pacer{now: now, completion: initialCompletion}
+	return &Pacer{now: now, completion: initialCompletion, perByte: 0.25}
 }
 
 // Ticket is one attempt's draw, to be told about its answer.
@@ -69,17 +86,20 @@ type Ticket struct {
 func (t Ticket) Tokens() int { return t.tokens }
 
 // Estimate returns the tokens of a request of promptBytes whose
-// completion is bounded by maxTokens (0: not bounded).
+// completion is bounded by maxTokens (0: not bounded): a prompt's bytes / 4
+// and maxTokens at first, both then learnt from the usage of the answers
+// (the tokens per byte of the prompts, and the completions' length when
+// maxTokens is 0).
 func (p *Pacer) Estimate(promptBytes, maxTokens int) int {
 	if p == nil {
 		return 0
 	}
-	est := (promptBytes + 3) / 4
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	est := int(math.Ceil(float64(promptBytes) * p.perByte))
 	if maxTokens > 0 {
 		return est + maxTokens
 	}
-	p.mu.Lock()
-	defer p.mu.Unlock()
 	return est + int(math.Ceil(p.completion))
 }
 
@@ -97,10 +117,21 @@ func (p *Pacer) Reserve(tokens int) (Ticket, time.Duration) {
 	if wait > 0 {
 		return Ticket{}, wait
 	}
+	// What the provider surely counted before this attempt: the draws
+	// older than skew.
+	baseReq, baseTok := p.req.drawn, p.tok.drawn
+	for i := range min(p.seq, uint64(len(p.recent))) {
+		m := p.recent[(p.seq-i-1)%uint64(len(p.recent))]
+		if !m.at.After(now.Add(-skew)) {
+			break
+		}
+		baseReq, baseTok = m.req, m.tok
+	}
+	p.recent[p.seq%uint64(len(p.recent))] = mark{at: now, req: p.req.drawn, tok: p.tok.drawn}
 	p.seq++
 	p.req.drawn++
 	p.tok.drawn += int64(tokens)
-	return Ticket{seq: p.seq, at: now, sentReq: p.req.drawn, sentT: p.tok.drawn, tokens: tokens}, 0
+	return Ticket{seq: p.seq, at: now, sentReq: baseReq + 1, sentT: baseTok + int64(tokens), tokens: tokens}, 0
 }
 
 // Known reports whether the target has told any limit.
@@ -137,16 +168,27 @@ func (p *Pacer) Observe(t Ticket, h http.Header) {
 }
 
 // Used corrects t's estimate with the usage its answer reported: total
-// tokens, of which completion. It returns the estimate's excess (negative
-// when the estimate was short), for the caller to give back to a shared
-// quota.
-func (p *Pacer) Used(t Ticket, total, completion int) int {
+// tokens, of which completion, for a prompt of promptBytes. It returns the
+// estimate's excess (negative when the estimate was short), for the
+// caller to give back to a shared quota.
+func (p *Pacer) Used(t Ticket, promptBytes, total, completion int) int {
 	if p == nil || t.seq == 0 {
 		return 0
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	p.completion = 0.8*p.completion + 0.2*float64(completion)
+	// The first usages averaged, then a moving average: one answer is
+	// enough to drop the guess, and the estimate follows a workload that
+	// changes.
+	w := 0.2
+	if p.samples < 10 {
+		p.samples++
+		w = 1 / float64(p.samples)
+	}
+	p.completion += w * (float64(completion) - p.completion)
+	if promptBytes > 0 {
+		p.perByte += w * (float64(total-completion)/float64(promptBytes) - p.perByte)
+	}
 	excess := t.tokens - total
 	p.tok.undo(t.seq, int64(excess))
 	return excess
@@ -218,19 +260,37 @@ func (a *axis) observe(t Ticket, sent int64, h http.Header, name string) {
 	if a.period == 0 {
 		a.period = time.Minute // OpenAI's and most providers'; the reset refines it
 	}
-	// The period from the reset, when enough is missing from the bucket
-	// for the figure to be precise; kept unless it differs by a quarter,
-	// so a shared quota sees a steady limit.
-	if missing := float64(limit) - remaining; ok && reset > 0 && missing >= math.Max(2, float64(limit)/20) {
+	// The period from the reset, kept unless it differs by a quarter and
+	// snapped to a round value, so that a shared quota sees one steady
+	// limit from every client.
+	if missing := float64(limit) - remaining; ok && reset > 0 && missing >= 1 {
 		period := time.Duration(float64(reset) * float64(limit) / missing)
 		if d := math.Abs(float64(period-a.period)) / float64(a.period); d > 0.25 {
-			a.period = period
+			a.period = snap(period)
 		}
 	}
 	if t.seq <= a.seq {
 		return // an older attempt's: the anchor knows more
 	}
 	a.remaining, a.at, a.sent, a.seq = remaining, t.at, sent, t.seq
+}
+
+// periods are the round values a measured period is snapped to when
+// within a quarter of one.
+var periods = []time.Duration{
+	100 * time.Millisecond, 200 * time.Millisecond, 250 * time.Millisecond, 500 * time.Millisecond,
+	time.Second, 2 * time.Second, 5 * time.Second, 10 * time.Second, 15 * time.Second, 30 * time.Second,
+	time.Minute, 5 * time.Minute, 10 * time.Minute, time.Hour, 24 * time.Hour,
+}
+
+func snap(d time.Duration) time.Duration {
+	best, dist := d, math.Inf(1)
+	for _, p := range periods {
+		if r := math.Abs(float64(d-p)) / float64(p); r <= 0.25 && r < dist {
+			best, dist = p, r
+		}
+	}
+	return best
 }
 
 // ParseReset reads an x-ratelimit-reset-* value: a Go-style duration as

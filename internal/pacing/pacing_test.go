@@ -49,7 +49,7 @@ func TestNilPacesNothing(t *testing.T) {
 	}
 	p.Observe(Ticket{}, nil)
 	p.Cancel(Ticket{})
-	if p.Used(Ticket{}, 1, 1) != 0 || p.Known() {
+	if p.Used(Ticket{}, 0, 1, 1) != 0 || p.Known() {
 		t.Fatal("a nil pacer knows something")
 	}
 }
@@ -128,7 +128,7 @@ func TestTokensEstimatedAndCorrected(t *testing.T) {
 		t.Fatal("overdraw of the token bucket not held")
 	}
 	// a used 100, not 400: 300 more fit.
-	if excess := p.Used(a, 100, 50); excess != 300 {
+	if excess := p.Used(a, 0, 100, 50); excess != 300 {
 		t.Fatalf("excess %d, want 300", excess)
 	}
 	if _, w := p.Reserve(300); w != 0 {
