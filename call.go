@@ -151,7 +151,7 @@ func (c *call) attempt(tg *target) (*http.Response, error) {
 	countAttempt(c.ctx)
 	actx := c.attemptContext()
 	resp, err := c.t.base.RoundTrip(c.prepare(actx, tg))
-	tg.gate.learn(&c.draw, resp)
+	tg.gate.learn(c.ctx, &c.draw, resp)
 	where := wherePhase(waitHeaders) // the part of the exchange that failed, for a timeout
 	if err == nil {
 		switch ok := resp.StatusCode/100 == 2; {

@@ -185,7 +185,12 @@ func (g *gate) giveBack(ctx context.Context, tk *draw) {
 // than the provider, which the draw corrects (a shared Quota starts full
 // when the provider's buckets may not be, and the Quota interface has no
 // other way down).
-func (g *gate) learn(tk *draw, resp *http.Response) {
+//
+// An answered attempt that was sent before the target's limit was known
+// (the first wave) is charged to the Quota now: the provider counted it,
+// so the Quota must too, or replicas starting together would each draw a
+// full bucket from a shared Quota that never saw their first waves.
+func (g *gate) learn(ctx context.Context, tk *draw, resp *http.Response) {
 	if g == nil || resp == nil {
 		return
 	}
@@ -193,6 +198,17 @@ func (g *gate) learn(tk *draw, resp *http.Response) {
 	if resp.StatusCode == http.StatusTooManyRequests {
 		g.pacer.Cancel(tk.pace)
 		tk.pace, tk.lim = pacing.Ticket{}, Limit{}
+		return
+	}
+	if tk.lim == (Limit{}) {
+		if r, t, period, ok := g.pacer.Limit(); ok {
+			// Its tokens are charged by used, from the usage, once the
+			// answer is read: its draw here is 0 tokens.
+			lim := Limit{Requests: r, Tokens: t, Period: period}
+			if g.take(ctx, lim, 1, tk.pace.Tokens()) == 0 {
+				tk.lim = lim
+			}
+		}
 	}
 }
 
