@@ -26,6 +26,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -81,6 +82,24 @@ type Quota struct {
 	downUntil atomic.Int64 // unix nanoseconds before which Take does not ask Redis
 	probing   atomic.Bool  // one Take is trying Redis again
 	lastErr   atomic.Pointer[error]
+
+	mu   sync.Mutex
+	keys map[string]*keyState
+}
+
+// keyState serialises one process's Takes of one key, and remembers the
+// last refusal. When a bucket is empty, every caller waiting on it wakes
+// at the same moment; without this each would ask Redis, one would be
+// admitted and the rest refused, dozens of round trips per admitted draw.
+// With it one asks, and the others are told the same wait without a round
+// trip.
+type keyState struct {
+	turn chan struct{} // holds one token: the right to ask Redis for this key
+	// refused is the last refusal: draws at least this large are refused
+	// until then. Other replicas only draw more meanwhile (or give back a
+	// little), so the wait holds.
+	until            time.Time
+	requests, tokens int
 }
 
 var _ llmdrain.Quota = (*Quota)(nil)
@@ -144,6 +163,26 @@ func (q *Quota) Take(ctx context.Context, key string, lim llmdrain.Limit, reques
 	}
 	tctx, cancel := context.WithTimeout(ctx, q.timeout)
 	defer cancel()
+	ks := q.keyState(key)
+	select {
+	case ks.turn <- struct{}{}:
+		defer func() { <-ks.turn }()
+	case <-tctx.Done():
+		// Another Take of this key is stuck on Redis: that is a failure
+		// of Redis, not of this caller (unless ctx ended).
+		if ctx.Err() != nil {
+			q.probing.Store(false)
+			return 0, ctx.Err()
+		}
+		return 0, q.failed(tctx.Err())
+	}
+	now := time.Now()
+	if requests < 0 || tokens < 0 {
+		ks.until = time.Time{} // a give-back may admit what was refused
+	} else if now.Before(ks.until) && requests >= ks.requests && tokens >= ks.tokens {
+		q.probing.Store(false)
+		return ks.until.Sub(now), nil
+	}
 	// go-redis applies a context's deadline to the socket only with
 	// ContextTimeoutEnabled, which is off by default; a Redis that accepts
 	// and never answers would then hold the call for ReadTimeout (3 s),
@@ -166,6 +205,9 @@ func (q *Quota) Take(ctx context.Context, key string, lim llmdrain.Limit, reques
 	}
 	if r.err == nil {
 		q.recovered()
+		if r.wait > 0 {
+			ks.until, ks.requests, ks.tokens = now.Add(r.wait), requests, tokens
+		}
 		return r.wait, nil
 	}
 	if ctx.Err() != nil {
@@ -174,6 +216,21 @@ func (q *Quota) Take(ctx context.Context, key string, lim llmdrain.Limit, reques
 		return 0, ctx.Err()
 	}
 	return 0, q.failed(r.err)
+}
+
+// keyState returns key's state, made on first use.
+func (q *Quota) keyState(key string) *keyState {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	ks, ok := q.keys[key]
+	if !ok {
+		if q.keys == nil {
+			q.keys = make(map[string]*keyState)
+		}
+		ks = &keyState{turn: make(chan struct{}, 1)}
+		q.keys[key] = ks
+	}
+	return ks
 }
 
 // take runs the draw against Redis. Requests first: they are the cheaper

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"strings"
 	"sync"
@@ -169,7 +170,9 @@ func TestRedisKilledMidRun(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			_, err := qs[i%2].Take(context.Background(), "k", testLimit, 1, 0)
+			// Another key: "k"'s refusal is remembered, and answered
+			// without Redis until it expires.
+			_, err := qs[i%2].Take(context.Background(), "k-after", testLimit, 1, 0)
 			errs <- err
 		}()
 	}
@@ -303,4 +306,54 @@ func TestNewValidates(t *testing.T) {
 	if _, err := redisquota.New(rdb, redisquota.Options{}); err != nil {
 		t.Errorf("New with zero Options: %v", err)
 	}
+}
+
+// TestRefusalRemembered: callers of one process waiting on an empty bucket
+// ask Redis once between them, not once each.
+func TestRefusalRemembered(t *testing.T) {
+	srv := redistest.New(t)
+	rdb := newClient(t, srv)
+	q := newQuota(t, rdb, redisquota.Options{})
+	if n, _ := drain(t, []*redisquota.Quota{q}, "k", testLimit, 1, 0); n != 10 {
+		t.Fatalf("admitted %d; want 10", n)
+	}
+	before := commandsProcessed(t, rdb)
+	var wg sync.WaitGroup
+	for range 50 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if w, err := q.Take(context.Background(), "k", testLimit, 1, 0); err != nil || w < 5*time.Second {
+				t.Errorf("Take on an empty bucket = %v, %v; want a wait of about 6s", w, err)
+			}
+		}()
+	}
+	wg.Wait()
+	// INFO itself counts one command; a refused Take that asked Redis
+	// would count at least one EVALSHA.
+	if n := commandsProcessed(t, rdb) - before; n > 1 {
+		t.Errorf("50 refused Takes ran %d commands in Redis; want none (the refusal is remembered)", n-1)
+	}
+	// A give-back forgets the refusal: what was refused may fit now.
+	take(t, q, "k", testLimit, -1, 0)
+	if w := take(t, q, "k", testLimit, 1, 0); w != 0 {
+		t.Errorf("Take after a give-back waited %v; want admitted", w)
+	}
+}
+
+func commandsProcessed(t *testing.T, rdb *redis.Client) int {
+	t.Helper()
+	info, err := rdb.Info(context.Background(), "stats").Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(info, "\n") {
+		if v, ok := strings.CutPrefix(strings.TrimSpace(line), "total_commands_processed:"); ok {
+			var n int
+			fmt.Sscan(v, &n)
+			return n
+		}
+	}
+	t.Fatal("no total_commands_processed in INFO")
+	return 0
 }
