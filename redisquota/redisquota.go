@@ -158,31 +158,42 @@ func (q *Quota) Take(ctx context.Context, key string, lim llmdrain.Limit, reques
 	if err := ctx.Err(); err != nil {
 		return 0, err
 	}
-	if !q.admit() {
-		return 0, q.unavailable()
+	// While Redis is down, one Take at a time probes it once the cooldown
+	// is over; the others do not wait for it.
+	probe := false
+	if q.down.Load() {
+		if !q.admit(time.Now()) {
+			return 0, q.unavailable()
+		}
+		probe = true
+		defer q.probing.Store(false)
 	}
-	tctx, cancel := context.WithTimeout(ctx, q.timeout)
-	defer cancel()
+	// The turn: one Take per key asks Redis at a time. Its holder is
+	// bounded by Timeout, so a turn comes within about that much unless
+	// Redis is slow for everyone, which the bound below turns into local
+	// pacing rather than a queue.
 	ks := q.keyState(key)
+	turn := time.NewTimer(2 * q.timeout)
+	defer turn.Stop()
 	select {
 	case ks.turn <- struct{}{}:
 		defer func() { <-ks.turn }()
-	case <-tctx.Done():
-		// Another Take of this key is stuck on Redis: that is a failure
-		// of Redis, not of this caller (unless ctx ended).
-		if ctx.Err() != nil {
-			q.probing.Store(false)
-			return 0, ctx.Err()
-		}
-		return 0, q.failed(tctx.Err())
+	case <-ctx.Done():
+		return 0, ctx.Err()
+	case <-turn.C:
+		return 0, fmt.Errorf("%w: other calls' draws of the key held it for %v", ErrUnavailable, 2*q.timeout)
 	}
 	now := time.Now()
 	if requests < 0 || tokens < 0 {
 		ks.until = time.Time{} // a give-back may admit what was refused
 	} else if now.Before(ks.until) && requests >= ks.requests && tokens >= ks.tokens {
-		q.probing.Store(false)
 		return ks.until.Sub(now), nil
 	}
+	if !probe && q.cooling(now) {
+		return 0, q.unavailable() // it failed while this Take waited for its turn
+	}
+	tctx, cancel := context.WithTimeout(ctx, q.timeout)
+	defer cancel()
 	// go-redis applies a context's deadline to the socket only with
 	// ContextTimeoutEnabled, which is off by default; a Redis that accepts
 	// and never answers would then hold the call for ReadTimeout (3 s),
@@ -211,9 +222,7 @@ func (q *Quota) Take(ctx context.Context, key string, lim llmdrain.Limit, reques
 		return r.wait, nil
 	}
 	if ctx.Err() != nil {
-		// The caller gave up: that says nothing about Redis.
-		q.probing.Store(false)
-		return 0, ctx.Err()
+		return 0, ctx.Err() // the caller gave up: that says nothing about Redis
 	}
 	return 0, q.failed(r.err)
 }
@@ -290,15 +299,21 @@ func (q *Quota) take(ctx context.Context, key string, lim llmdrain.Limit, reques
 }
 
 // admit tells whether this Take may ask Redis: always while it is up;
-// while it is down, one Take at a time once the cooldown has passed.
-func (q *Quota) admit() bool {
+// while it is down, one Take at a time (the probe, which clears probing
+// when it is done) once the cooldown has passed.
+func (q *Quota) admit(now time.Time) bool {
 	if !q.down.Load() {
 		return true
 	}
-	if time.Now().UnixNano() < q.downUntil.Load() {
+	if q.cooling(now) {
 		return false
 	}
 	return q.probing.CompareAndSwap(false, true)
+}
+
+// cooling reports whether Redis failed less than Cooldown ago.
+func (q *Quota) cooling(now time.Time) bool {
+	return q.down.Load() && now.UnixNano() < q.downUntil.Load()
 }
 
 func (q *Quota) unavailable() error {
@@ -311,7 +326,6 @@ func (q *Quota) unavailable() error {
 func (q *Quota) failed(err error) error {
 	q.lastErr.Store(&err)
 	q.downUntil.Store(time.Now().Add(q.cooldown).UnixNano())
-	q.probing.Store(false)
 	if q.down.CompareAndSwap(false, true) && q.logger != nil {
 		q.logger.Warn("redisquota: redis unavailable; pacing locally until it answers",
 			"err", err, "retry_in", q.cooldown)
@@ -320,7 +334,6 @@ func (q *Quota) failed(err error) error {
 }
 
 func (q *Quota) recovered() {
-	q.probing.Store(false)
 	if q.down.CompareAndSwap(true, false) && q.logger != nil {
 		q.logger.Info("redisquota: redis answers again; sharing the quota")
 	}
