@@ -10,6 +10,7 @@ import (
 	"io"
 	"net/http"
 	"strconv"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -58,6 +59,44 @@ type gate struct {
 	// is said once, then paced around locally.
 	quotaDown *atomic.Bool
 	log       func(ctx context.Context, msg string, args ...any)
+
+	// Until the target has answered once, its attempts go one at a time:
+	// the first answer tells the quota (or that none is told) before a
+	// burst of calls can overdraw it. probed is closed when a probe ends.
+	mu       sync.Mutex
+	answered bool
+	probing  bool
+	probed   chan struct{}
+}
+
+// probe reports whether the target has answered once; if not, it makes
+// the caller the probe if there is none (true), or returns the channel to
+// wait on for the probe's end.
+func (g *gate) probe() (bool, <-chan struct{}) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	switch {
+	case g.answered:
+		return false, nil
+	case !g.probing:
+		g.probing, g.probed = true, make(chan struct{})
+		return true, nil
+	}
+	return false, g.probed
+}
+
+// endProbe ends the probe of tk, if it is one: answered says the target
+// answered it. Calls waiting for it go on, or one of them probes next.
+func (g *gate) endProbe(tk *draw, answered bool) {
+	if !tk.probe {
+		return
+	}
+	tk.probe = false
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.answered = g.answered || answered
+	g.probing = false
+	close(g.probed)
 }
 
 // quotaKey names a target's bucket in a Quota: a hash of its origin and
@@ -77,6 +116,7 @@ type draw struct {
 	lim    Limit // the Limit drawn from the Quota under; zero: none
 	permit aimd.Permit
 	held   bool // permit is held
+	probe  bool // the target's probe; see gate.probe
 }
 
 // admit holds the call's next attempt at g until the quota has room for
@@ -86,6 +126,18 @@ func (g *gate) admit(c *call) (draw, error) {
 	var tk draw
 	if g == nil {
 		return tk, nil
+	}
+	for {
+		isProbe, wait := g.probe()
+		if wait == nil {
+			tk.probe = isProbe
+			break
+		}
+		select {
+		case <-wait:
+		case <-c.ctx.Done():
+			return tk, callError(c.ctx, nil)
+		}
 	}
 	for {
 		// Drawn even before a limit is known: the draw anchors what the
@@ -109,12 +161,14 @@ func (g *gate) admit(c *call) (draw, error) {
 			g.pacer.Cancel(pt)
 		}
 		if err := sleep(c.ctx, wait); err != nil {
+			g.endProbe(&tk, false)
 			return tk, callError(c.ctx, err)
 		}
 	}
 	p, _, err := g.limit.Acquire(c.ctx)
 	if err != nil {
 		g.giveBack(c.ctx, &tk)
+		g.endProbe(&tk, false)
 		return tk, callError(c.ctx, err)
 	}
 	tk.permit, tk.held = p, true
@@ -187,11 +241,15 @@ func (g *gate) giveBack(ctx context.Context, tk *draw) {
 // other way down).
 //
 // An answered attempt that was sent before the target's limit was known
-// (the first wave) is charged to the Quota now: the provider counted it,
-// so the Quota must too, or replicas starting together would each draw a
-// full bucket from a shared Quota that never saw their first waves.
+// (the probe, the first wave) is charged to the Quota now: the provider
+// counted it, so the Quota must too, or replicas starting together would
+// each draw from a shared Quota that never saw their first attempts.
 func (g *gate) learn(ctx context.Context, tk *draw, resp *http.Response) {
-	if g == nil || resp == nil {
+	if g == nil {
+		return
+	}
+	g.endProbe(tk, resp != nil)
+	if resp == nil {
 		return
 	}
 	g.pacer.Observe(tk.pace, resp.Header)

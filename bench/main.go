@@ -25,7 +25,8 @@ import (
 // runConfig is what every scenario is told about the run.
 type runConfig struct {
 	quick bool
-	reps  int // repetitions of each timed A/B comparison
+	reps  int    // repetitions of each timed A/B comparison
+	base  string // a checkout of llmdrain to compare with as it was; empty: none
 	log   io.Writer
 }
 
@@ -57,6 +58,8 @@ var scenarios = []struct {
 	{"failover", runFailover},
 	{"batch", runBatch},
 	{"stream", runStream},
+	{"ratelimit", runRateLimit},
+	{"outage", runOutage},
 	{"fleet", runFleet},
 }
 
@@ -72,10 +75,11 @@ func main() {
 	testing.Init() // the tracker scenario uses testing.Benchmark
 	quick := flag.Bool("quick", false, "smoke run for CI: fewer repetitions and smaller scenarios, under 30 seconds")
 	reps := flag.Int("reps", 0, "repetitions of each timed A/B comparison (0: 7, or 3 with -quick)")
+	base := flag.String("base", "", "a checkout of llmdrain (such as a git worktree of main) to run as \"llmdrain (before)\" in the ratelimit scenario; empty: left out")
 	only := flag.String("only", "", "comma-separated scenarios to run ("+names()+"); empty means all")
 	flag.Parse()
 
-	rc := runConfig{quick: *quick, reps: *reps, log: os.Stderr}
+	rc := runConfig{quick: *quick, reps: *reps, base: *base, log: os.Stderr}
 	if rc.reps <= 0 {
 		rc.reps = 7
 		if rc.quick {

@@ -39,10 +39,13 @@ type Pacer struct {
 	recent [64]mark
 }
 
-// mark is one draw: when, and what had been drawn before it.
+// mark is one draw: its ticket, when, and its tokens; a cancelled one
+// does not count.
 type mark struct {
-	at       time.Time
-	req, tok int64
+	seq       uint64
+	at        time.Time
+	tok       int64
+	cancelled bool
 }
 
 // skew is how far apart two attempts may be sent and still reach the
@@ -117,17 +120,20 @@ func (p *Pacer) Reserve(tokens int) (Ticket, time.Duration) {
 	if wait > 0 {
 		return Ticket{}, wait
 	}
-	// What the provider surely counted before this attempt: the draws
-	// older than skew.
+	// What the provider surely counted before this attempt: all but the
+	// draws within skew (what the counts are now, corrections included,
+	// less those draws).
 	baseReq, baseTok := p.req.drawn, p.tok.drawn
 	for i := range min(p.seq, uint64(len(p.recent))) {
 		m := p.recent[(p.seq-i-1)%uint64(len(p.recent))]
 		if !m.at.After(now.Add(-skew)) {
 			break
 		}
-		baseReq, baseTok = m.req, m.tok
+		if !m.cancelled {
+			baseReq, baseTok = baseReq-1, baseTok-m.tok
+		}
 	}
-	p.recent[p.seq%uint64(len(p.recent))] = mark{at: now, req: p.req.drawn, tok: p.tok.drawn}
+	p.recent[p.seq%uint64(len(p.recent))] = mark{seq: p.seq + 1, at: now, tok: int64(tokens)}
 	p.seq++
 	p.req.drawn++
 	p.tok.drawn += int64(tokens)
@@ -154,6 +160,9 @@ func (p *Pacer) Cancel(t Ticket) {
 	defer p.mu.Unlock()
 	p.req.undo(t.seq, 1)
 	p.tok.undo(t.seq, int64(t.tokens))
+	if m := &p.recent[(t.seq-1)%uint64(len(p.recent))]; m.seq == t.seq {
+		m.cancelled = true
+	}
 }
 
 // Observe learns from the headers of the answer to t's attempt.
@@ -235,7 +244,12 @@ func (a *axis) wait(now time.Time, need float64) time.Duration {
 	}
 	rate := float64(a.limit) / a.period.Seconds()
 	need = math.Min(need, float64(a.limit)) // more than the bucket: waits for it full
-	held := math.Min(float64(a.limit), a.remaining+rate*now.Sub(a.at).Seconds()) - float64(a.drawn-a.sent)
+	// The draws since are taken before the refill: the provider's bucket
+	// may have been full meanwhile and lost some refill, so this may hold
+	// a little more than the provider; but a mirror that took them after
+	// capping would wait for ever once they exceed the limit and no answer
+	// comes to re-anchor it.
+	held := math.Min(float64(a.limit), a.remaining-float64(a.drawn-a.sent)+rate*now.Sub(a.at).Seconds())
 	if held >= need {
 		return 0
 	}
