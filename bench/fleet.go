@@ -94,7 +94,7 @@ func runFleet(rc runConfig) section {
 	p := fleetParams{replicas: 4, rlParams: rlParams{requests: 200, period: 5 * time.Second, latency: 50 * time.Millisecond, n: 1000, conc: 64}}
 	reps := min(rc.reps, 2)
 	if rc.quick {
-		p.rlParams = rlParams{requests: 20, period: time.Second, latency: 50 * time.Millisecond, n: 120, conc: 32}
+		p.rlParams = rlParams{requests: 100, period: 5 * time.Second, latency: 50 * time.Millisecond, n: 160, conc: 32}
 		reps = 1
 	}
 	p.tokens = p.requests * rlCost() * 2
