@@ -38,6 +38,7 @@ type Client struct {
 	public  *openai.Client // OpenAI()'s: oa with Config.Model as default
 	http    *http.Client
 	tracker *Tracker
+	cost    *costing
 	model   string
 	base    string // primary endpoint, for String
 	// fallbacks prints the fallback targets for String, keys redacted;
@@ -112,6 +113,7 @@ func New(cfg Config) (*Client, error) {
 		public:    openai.NewClientWithConfig(pc),
 		http:      hc,
 		tracker:   r.Tracker,
+		cost:      newCosting(r),
 		model:     r.Model,
 		base:      redactURL(r.endpoints[0]),
 		fallbacks: fallbacks,
