@@ -1007,10 +1007,10 @@ func (b *batchRun) reserve(ctx context.Context, p prepared) (pico, error) {
 // for reqModel, and returns what the budget counts for it: the cost, or,
 // when the answer reported no usage, the reservation it had.
 func (b *batchRun) price(r *TaskResult, respModel, reqModel string, reserved pico) pico {
-	u, known := usageTokens(r.Usage)
-	cost, p := b.c.cost.of(respModel, reqModel, u, known)
+	u := usageOf(r.Usage)
+	cost, p := b.c.cost.of(respModel, reqModel, u)
 	r.Cost = cost
-	if !known {
+	if !u.Known {
 		return reserved
 	}
 	return p

@@ -187,6 +187,12 @@ type Config struct {
 	// Tracker registers this client's calls. Nil means a new Tracker of
 	// its own; pass one Tracker to several clients to drain them together.
 	Tracker *Tracker
+	// Hooks are told what the client's calls do (see Hooks), and its
+	// Tracker's drains. Nil means none, at no cost. With Hooks, streaming
+	// chat completions ask for their token usage
+	// (stream_options.include_usage): the stream then ends with an event
+	// whose choices are empty.
+	Hooks *Hooks
 
 	// Prices prices the tokens of the client's answers, by model: the
 	// costs of batch tasks and batches, and the budgets (MaxCost,

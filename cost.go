@@ -34,8 +34,8 @@ func newCosting(r resolved) *costing {
 // of returns the cost of an answer from respModel to a request for
 // reqModel that reports usage u, in picodollars too. A usage that is not
 // known, or a model without a price, makes the cost unknown.
-func (c *costing) of(respModel, reqModel string, u tokens, known bool) (Cost, pico) {
-	if !known {
+func (c *costing) of(respModel, reqModel string, u Usage) (Cost, pico) {
+	if !u.Known {
 		return Cost{Unknown: true}, 0
 	}
 	tp, ok := c.prices.priceOf(respModel, reqModel)
@@ -46,14 +46,15 @@ func (c *costing) of(respModel, reqModel string, u tokens, known bool) (Cost, pi
 	return Cost{USD: p.usd()}, p
 }
 
-// usageTokens is what an openai.Usage counts, and whether it counts
-// anything: an answer without usage decodes to zeros.
-func usageTokens(u openai.Usage) (tokens, bool) {
-	t := tokens{input: u.PromptTokens, output: u.CompletionTokens}
+// usageOf is what an openai.Usage counts; an answer without usage decodes
+// to zeros, taken for no usage.
+func usageOf(u openai.Usage) Usage {
+	t := Usage{InputTokens: u.PromptTokens, OutputTokens: u.CompletionTokens,
+		Known: u.PromptTokens != 0 || u.CompletionTokens != 0 || u.TotalTokens != 0}
 	if d := u.PromptTokensDetails; d != nil {
-		t.cached = d.CachedTokens
+		t.CachedInputTokens = d.CachedTokens
 	}
-	return t, u.PromptTokens != 0 || u.CompletionTokens != 0 || u.TotalTokens != 0
+	return t
 }
 
 // bound is what a request may use at most, for a budget's reservation.

@@ -252,16 +252,12 @@ func (p Price) perToken() tokenPrices {
 	return tp
 }
 
-// tokens is what an answer says it used.
-type tokens struct {
-	input, cached, output int // input includes cached
-}
-
-// cost is what t costs at tp. Cached tokens beyond the input (a
+// cost is what u costs at tp. Cached tokens beyond the input (a
 // provider's inconsistency) are charged as input.
-func (tp tokenPrices) cost(t tokens) pico {
-	cached := min(max(t.cached, 0), max(t.input, 0))
-	return pico(max(t.input, 0)-cached)*tp.in + pico(cached)*tp.cached + pico(max(t.output, 0))*tp.out
+func (tp tokenPrices) cost(u Usage) pico {
+	in := max(u.InputTokens, 0)
+	cached := min(max(u.CachedInputTokens, 0), in)
+	return pico(in-cached)*tp.in + pico(cached)*tp.cached + pico(max(u.OutputTokens, 0))*tp.out
 }
 
 // priceOf returns the price of an answer from respModel to a request for

@@ -66,17 +66,17 @@ func TestPriceOf(t *testing.T) {
 	tp, ok := p.priceOf("gpt-4.1-2025-04-14", "cheap")
 	require.True(t, ok)
 	// 1000 input of which 400 cached, 100 output.
-	assert.Equal(t, toPico(600*2e-6+400*0.5e-6+100*8e-6), tp.cost(tokens{input: 1000, cached: 400, output: 100}))
+	assert.Equal(t, toPico(600*2e-6+400*0.5e-6+100*8e-6), tp.cost(Usage{InputTokens: 1000, CachedInputTokens: 400, OutputTokens: 100}))
 	tp, ok = p.priceOf("unpriced-answer", "cheap")
 	require.True(t, ok)
-	assert.Equal(t, toPico(2e-6), tp.cost(tokens{input: 1, output: 1}))
+	assert.Equal(t, toPico(2e-6), tp.cost(Usage{InputTokens: 1, OutputTokens: 1}))
 	_, ok = p.priceOf("unpriced", "unpriced-too")
 	assert.False(t, ok)
 	_, ok = Prices(nil).priceOf("gpt-4.1", "gpt-4.1")
 	assert.False(t, ok)
 	// No cache price: cached tokens cost the input price.
 	tp = Price{Input: 2, Output: 8}.perToken()
-	assert.Equal(t, tp.cost(tokens{input: 10}), tp.cost(tokens{input: 10, cached: 10}))
+	assert.Equal(t, tp.cost(Usage{InputTokens: 10}), tp.cost(Usage{InputTokens: 10, CachedInputTokens: 10}))
 }
 
 func TestLoadPricesErrors(t *testing.T) {
