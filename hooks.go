@@ -23,8 +23,10 @@ import (
 type Hooks struct {
 	// CallStart is told of every call the Client's transport takes:
 	// Chat, CreateChatCompletion, their streams, every endpoint of
-	// OpenAI(), a batch's tasks. A call refused with ErrDraining is not
-	// started, and gets no CallDone either.
+	// OpenAI(), a batch's tasks. (Chat makes one such call per stream it
+	// asks for: an answer cut mid-way and asked for again is a second
+	// call.) A call refused with ErrDraining is told too, and done at
+	// once with ErrorType "draining".
 	CallStart func(CallStartInfo)
 	// CallDone is told of every started call once it is over: for a
 	// stream, once its body is done (read to its end, failed, or closed);
@@ -101,7 +103,7 @@ type CallDoneInfo struct {
 	// for a stream); "" if unknown.
 	ResponseModel string
 	// Target is the base URL of the target that answered, or was tried,
-	// last.
+	// last; "" if none was (a call refused with ErrDraining).
 	Target string
 	// Err is the call's error, nil on success: the error the transport
 	// returned, an error status given to go-openai (an *openai.APIError
@@ -178,7 +180,8 @@ const (
 type WaitInfo struct {
 	Reason WaitReason
 	// Target is the base URL of the target of the attempt waited after;
-	// "" for a concurrency wait.
+	// "" for a concurrency wait, and for Chat's wait before it asks
+	// again for an answer cut mid-way.
 	Target string
 	// Duration is how long the call waited.
 	Duration time.Duration
