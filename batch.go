@@ -774,11 +774,17 @@ func (b *batchRun) run(ctx context.Context, i int, p prepared) {
 	}
 	b.budget.Settle(int64(reserved), int64(spent))
 	r.Attempts, r.Duration = int(rec.attempts.Load()), time.Since(t0)
-	var cut *cutShortError
+	var (
+		cut       *cutShortError
+		budgetErr error
+	)
 	switch {
 	case err == nil:
 	case errors.Is(err, ErrDraining), errors.Is(err, ErrForcedShutdown), ctx.Err() != nil:
 		r.Status, r.Err = StatusNotRun, err
+	case errors.Is(err, ErrBudgetExceeded): // the client's (Config.MaxCost): nothing was sent
+		r.Status, r.Err = StatusNotRun, err
+		budgetErr = err
 	case rec.cut.Load() == deadlineDrain:
 		cut = &cutShortError{Cause: ErrDraining, whose: "the drain's", Err: err}
 		r.Status, r.Err = StatusNotRun, cut
@@ -794,6 +800,9 @@ func (b *batchRun) run(ctx context.Context, i int, p prepared) {
 	b.p.InFlight--
 	if cut != nil && b.cutCause == nil {
 		b.cutCause = cut.Cause
+	}
+	if budgetErr != nil && b.budgetErr == nil {
+		b.budgetErr = budgetErr // no later task starts
 	}
 	if b.finishLocked(i, r) && b.journal != nil && r.Status != StatusNotRun {
 		jr := journalRecord{ID: r.ID, Fingerprint: p.fp, Status: r.Status, Attempts: r.Attempts,

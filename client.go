@@ -58,6 +58,7 @@ func New(cfg Config) (*Client, error) {
 	if err != nil {
 		return nil, err
 	}
+	cost := newCosting(r)
 	tr := &transport{
 		tracker:        r.Tracker,
 		policy:         retryPolicy{maxRetries: r.MaxRetries, maxRetryAfter: r.MaxRetryAfter, newBackoff: r.Backoff},
@@ -65,11 +66,15 @@ func New(cfg Config) (*Client, error) {
 		attemptTimeout: r.AttemptTimeout,
 		logger:         r.Logger,
 		hooks:          r.Hooks,
+		cost:           cost,
 		apiError:       envelopeError,
 
 		firstTokenTimeout: r.FirstTokenTimeout,
 		idleTimeout:       r.StreamIdleTimeout,
 		clock:             watchdog.Real,
+	}
+	if tr.hooks == nil && cost.budget != nil {
+		tr.hooks = &Hooks{} // observed without events: see transport.hooks
 	}
 	tr.router = newRouter(r, nil)
 	r.Tracker.addHooks(r.Hooks)
@@ -117,7 +122,7 @@ func New(cfg Config) (*Client, error) {
 		public:    openai.NewClientWithConfig(pc),
 		http:      hc,
 		tracker:   r.Tracker,
-		cost:      newCosting(r),
+		cost:      cost,
 		model:     r.Model,
 		hooks:     r.Hooks,
 		target:    r.endpoints[0],

@@ -1,6 +1,7 @@
 package llmdrain
 
 import (
+	"encoding/json"
 	"fmt"
 
 	openai "github.com/sashabaranov/go-openai"
@@ -117,4 +118,34 @@ func (c *costing) worst(b bound) (pico, error) {
 		most = max(most, w)
 	}
 	return most, nil
+}
+
+// requestBound reads the bound of a request for operation op (OpChat,
+// OpTextCompletion, OpEmbeddings) from its JSON body; false if the body
+// is no JSON object.
+func requestBound(op string, body []byte) (bound, bool) {
+	var req struct {
+		Model               string `json:"model"`
+		MaxTokens           *int   `json:"max_tokens"`
+		MaxCompletionTokens *int   `json:"max_completion_tokens"`
+		N                   *int   `json:"n"`
+		BestOf              *int   `json:"best_of"` // text completions: generated server-side, and billed
+	}
+	if body == nil || json.Unmarshal(body, &req) != nil {
+		return bound{}, false
+	}
+	b := bound{model: req.Model, promptBytes: len(body), n: 1, embeddings: op == OpEmbeddings}
+	if req.MaxTokens != nil {
+		b.output = *req.MaxTokens
+	}
+	if req.MaxCompletionTokens != nil && *req.MaxCompletionTokens > 0 {
+		b.output = *req.MaxCompletionTokens
+	}
+	if req.N != nil {
+		b.n = max(b.n, *req.N)
+	}
+	if req.BestOf != nil {
+		b.n = max(b.n, *req.BestOf)
+	}
+	return b, true
 }

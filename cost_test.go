@@ -3,7 +3,9 @@ package llmdrain
 import (
 	"context"
 	"fmt"
+	"io"
 	"path/filepath"
+	"sync"
 	"testing"
 	"time"
 
@@ -270,4 +272,168 @@ func mustMarshal(t *testing.T, req *openai.ChatCompletionRequest) []byte {
 	p, err := (&Client{model: DefaultModel}).prepareTask(0, Task{Request: req})
 	require.NoError(t, err)
 	return make([]byte, p.size)
+}
+
+// costRecorder collects the CallDone events of a client.
+type costRecorder struct {
+	mu    sync.Mutex
+	calls []CallDoneInfo
+}
+
+func (r *costRecorder) hooks() *Hooks {
+	return &Hooks{CallDone: func(i CallDoneInfo) {
+		r.mu.Lock()
+		r.calls = append(r.calls, i)
+		r.mu.Unlock()
+	}}
+}
+
+func (r *costRecorder) all() []CallDoneInfo {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return append([]CallDoneInfo(nil), r.calls...)
+}
+
+// The client-wide cap under 64 concurrent callers, each calling until it
+// is refused: exactly the 40 calls the cap pays for reach the server, they
+// spend exactly the cap, and every refusal is ErrBudgetExceeded with
+// nothing sent.
+func TestClientMaxCostExactUnderConcurrency(t *testing.T) {
+	srv := newServer(t, llmtest.WithLatency(5*time.Millisecond))
+	rec := &costRecorder{}
+	c := newTestClient(t, srv, Config{Prices: outputOnly, MaxCost: 40 * cappedTask, Hooks: rec.hooks()})
+	req := capped(1)[0].Request
+	var (
+		wg sync.WaitGroup
+		mu sync.Mutex
+		ok int
+	)
+	for range 64 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				_, err := c.CreateChatCompletion(context.Background(), *req)
+				if err != nil {
+					assert.ErrorIs(t, err, ErrBudgetExceeded)
+					return
+				}
+				mu.Lock()
+				ok++
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	assert.Equal(t, 40, ok)
+	assert.Equal(t, 40, srv.Stats().Requests)
+	assert.Equal(t, int64(toPico(40*cappedTask)), c.cost.budget.Spent())
+	var paid pico
+	refused := 0
+	for _, call := range rec.all() {
+		if call.Err == nil {
+			paid += toPico(call.Cost.USD)
+			assert.Equal(t, Cost{USD: cappedTask}, call.Cost)
+		} else {
+			refused++
+			assert.Equal(t, "budget_exceeded", call.ErrorType)
+			assert.Zero(t, call.Attempts)
+			assert.Equal(t, Cost{}, call.Cost)
+		}
+	}
+	assert.Equal(t, toPico(40*cappedTask), paid)
+	assert.Equal(t, 64, refused)
+}
+
+// A stream is charged from its usage event, which llmdrain asks for: the
+// budget keeps the cost, not the reservation. One cut before its usage
+// event keeps its reservation: it was paid for, by how much nobody said.
+func TestStreamChargedFromUsageEvent(t *testing.T) {
+	srv := newServer(t)
+	// Output only, so that a reservation is MaxOutput's 100 tokens exactly.
+	prices := Prices{DefaultModel: {Output: 1, MaxOutput: 100}}
+	for _, hooked := range []bool{false, true} {
+		rec := &costRecorder{}
+		cfg := Config{Prices: prices, MaxCost: 1}
+		if hooked {
+			cfg.Hooks = rec.hooks()
+		}
+		c := newTestClient(t, srv, cfg)
+		s, err := c.CreateChatCompletionStream(context.Background(), userMsg("count these four words"))
+		require.NoError(t, err)
+		text, err := readStream(s)
+		require.NoError(t, err)
+		s.Close()
+		assert.Equal(t, llmtest.Reply("count these four words"), text)
+		// 6 words out (llmtest's token is a word).
+		want := toPico(6e-6)
+		assert.Equal(t, int64(want), c.cost.budget.Spent(), "hooked %v", hooked)
+
+		got, err := c.Chat(context.Background(), "two words")
+		require.NoError(t, err)
+		assert.Equal(t, llmtest.Reply("two words"), got)
+		want += toPico(4e-6)
+		assert.Equal(t, int64(want), c.cost.budget.Spent(), "hooked %v", hooked)
+
+		// Cut after its first chunks: no usage event, the reservation stays.
+		srv.Script(llmtest.Truncate(2))
+		req := userMsg("cut short")
+		s, err = c.CreateChatCompletionStream(context.Background(), req)
+		require.NoError(t, err)
+		_, err = readStream(s)
+		require.ErrorIs(t, err, io.ErrUnexpectedEOF)
+		s.Close()
+		assert.Equal(t, int64(want+toPico(100e-6)), c.cost.budget.Spent(), "hooked %v", hooked)
+		if hooked {
+			calls := rec.all()
+			require.Len(t, calls, 3)
+			assert.Equal(t, Cost{USD: toPico(6e-6).usd()}, calls[0].Cost)
+			assert.Equal(t, Usage{InputTokens: 4, OutputTokens: 6, Known: true}, calls[0].Usage)
+			assert.Equal(t, Cost{USD: toPico(4e-6).usd()}, calls[1].Cost)
+			assert.Equal(t, Cost{Unknown: true}, calls[2].Cost)
+		}
+	}
+}
+
+// With Hooks and Prices (no cap), each call's cost is in CallDone: priced
+// by the answer's model, unknown for a model without a price, nothing for
+// an error status.
+func TestCallDoneCost(t *testing.T) {
+	srv := newServer(t)
+	rec := &costRecorder{}
+	c := newTestClient(t, srv, Config{Prices: loadTestPrices(t), Hooks: rec.hooks()})
+	req := userMsg("one two three")
+	req.Model = "gpt-4.1-2025-04-14"
+	_, err := c.CreateChatCompletion(context.Background(), req)
+	require.NoError(t, err)
+	req.Model = "unpriced"
+	_, err = c.CreateChatCompletion(context.Background(), req)
+	require.NoError(t, err)
+	srv.Script(llmtest.Status(400))
+	_, err = c.CreateChatCompletion(context.Background(), req)
+	require.Error(t, err)
+	_, err = c.OpenAI().CreateEmbeddings(context.Background(), openai.EmbeddingRequest{Model: openai.SmallEmbedding3, Input: []string{"a b c d"}})
+	require.NoError(t, err)
+	_, err = c.OpenAI().ListModels(context.Background())
+	require.NoError(t, err)
+	calls := rec.all()
+	require.Len(t, calls, 5)
+	assert.Equal(t, Cost{USD: toPico(3*2e-6 + 5*8e-6).usd()}, calls[0].Cost)
+	assert.Equal(t, Cost{Unknown: true}, calls[1].Cost)
+	assert.Equal(t, Cost{}, calls[2].Cost)
+	assert.Equal(t, Cost{USD: toPico(4 * 0.02e-6).usd()}, calls[3].Cost)
+	assert.Equal(t, Cost{}, calls[4].Cost, "a GET pays for nothing")
+}
+
+// A batch task refused by the client-wide cap ends not run and stops the
+// batch, as the batch's own cap does.
+func TestBatchStoppedByClientMaxCost(t *testing.T) {
+	srv := newServer(t)
+	c := newTestClient(t, srv, Config{Prices: outputOnly, MaxCost: 5 * cappedTask})
+	res, err := c.Batch(context.Background(), capped(10), BatchOptions{Concurrency: 1})
+	require.ErrorIs(t, err, ErrBudgetExceeded)
+	assert.Equal(t, 5, res.Completed)
+	assert.Equal(t, 5, res.NotRun)
+	assert.Equal(t, 0, res.Failed)
+	assert.Equal(t, 5, srv.Stats().Requests)
 }

@@ -113,6 +113,7 @@ type CallDoneInfo struct {
 	// ErrorType is "" on success, else a low-cardinality name of the
 	// error, fit for a metric's error.type attribute: the HTTP status
 	// ("429", "500"), "timeout", "canceled", "draining",
+	// "budget_exceeded" (refused by Config.MaxCost, nothing sent),
 	// "forced_shutdown", "stream_stalled", "stream_cut",
 	// "malformed_event", "connection", else "other".
 	ErrorType string

@@ -60,7 +60,12 @@ type transport struct {
 	idleTimeout       time.Duration
 	clock             watchdog.Clock
 	logger            *slog.Logger // nil: silent
-	hooks             *Hooks       // nil: no events, and no per-call observation
+	// hooks are told of the calls; nil: no events, and no per-call
+	// observation. A client with a budget and no Hooks has empty ones:
+	// the budget needs what the observation reads (the request's model,
+	// the answer's usage).
+	hooks *Hooks
+	cost  *costing // the prices, and the budget of Config.MaxCost
 
 	// go-openai is given no API key: the call sets the Authorization
 	// header itself, on attempts at a target's origin only (see
