@@ -115,7 +115,13 @@ func (b *Budget) tryLocked(n int64) (ok, done bool) {
 	return false, false
 }
 
+// broadcastLocked wakes the reservations waiting, to look again. Only
+// they hold the channel, taken under the lock: with none, there is
+// nothing to wake and nothing to allocate.
 func (b *Budget) broadcastLocked() {
+	if len(b.queue) == 0 {
+		return
+	}
 	close(b.changed)
 	b.changed = make(chan struct{})
 }
