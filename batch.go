@@ -749,6 +749,7 @@ func (b *batchRun) run(ctx context.Context, i int, p prepared) {
 	b.mu.Unlock()
 
 	cctx, rec := withCallRecord(ctx)
+	rec.reserved = b.c.cost.budget != nil
 	t0 := time.Now()
 	r := TaskResult{ID: p.id}
 	var spent pico // what the answer cost, as the budget counts it
@@ -773,6 +774,7 @@ func (b *batchRun) run(ctx context.Context, i int, p prepared) {
 		}
 	}
 	b.budget.Settle(int64(reserved), int64(spent))
+	b.c.cost.budget.Settle(int64(reserved), int64(spent))
 	r.Attempts, r.Duration = int(rec.attempts.Load()), time.Since(t0)
 	var (
 		cut       *cutShortError
@@ -782,7 +784,7 @@ func (b *batchRun) run(ctx context.Context, i int, p prepared) {
 	case err == nil:
 	case errors.Is(err, ErrDraining), errors.Is(err, ErrForcedShutdown), ctx.Err() != nil:
 		r.Status, r.Err = StatusNotRun, err
-	case errors.Is(err, ErrBudgetExceeded): // the client's (Config.MaxCost): nothing was sent
+	case errors.Is(err, ErrBudgetExceeded): // unreachable: reserve took the client's budget
 		r.Status, r.Err = StatusNotRun, err
 		budgetErr = err
 	case rec.cut.Load() == deadlineDrain:
@@ -976,7 +978,8 @@ func (b *batchRun) newBudget(maxCost float64) {
 // start, it returns why: ctx's cause if ctx ended while it waited, or an
 // error matching ErrBudgetExceeded, which also stops the batch.
 func (b *batchRun) reserve(ctx context.Context, p prepared) (pico, error) {
-	if b.budget == nil {
+	client := b.c.cost.budget
+	if b.budget == nil && client == nil {
 		return 0, nil
 	}
 	bd := bound{promptBytes: p.size, n: 1}
@@ -985,31 +988,48 @@ func (b *batchRun) reserve(ctx context.Context, p prepared) (pico, error) {
 	} else {
 		bd.model, bd.embeddings = string(p.emb.Model), true
 	}
+	// The client's budget (Config.MaxCost) too, waiting as the batch's
+	// does, rather than the transport's refusal at once: the tasks in
+	// flight are the batch's own, and will settle.
 	worst, err := b.c.cost.worst(bd)
 	if err == nil {
-		err = b.budget.Reserve(ctx, int64(worst))
-		switch {
-		case errors.Is(err, budget.ErrExceeded):
-			spent := b.budget.Spent()
-			err = fmt.Errorf("%w: task %q could cost up to $%.6f, and $%.6f of the batch's $%.6f is spent",
-				ErrBudgetExceeded, p.id, worst.usd(), pico(spent).usd(), pico(b.budget.Max()).usd())
-		case err != nil:
-			return 0, b.stopCause(ctx)
+		if err = b.take(ctx, b.budget, worst, p.id, "batch's"); err == nil {
+			if err = b.take(ctx, client, worst, p.id, "client's"); err != nil {
+				b.budget.Settle(int64(worst), 0)
+			}
 		}
 	}
 	if err != nil {
-		b.mu.Lock()
-		if b.budgetErr == nil {
-			b.budgetErr = err
+		if errors.Is(err, ErrBudgetExceeded) {
+			b.mu.Lock()
+			if b.budgetErr == nil {
+				b.budgetErr = err
+			}
+			b.mu.Unlock()
 		}
-		b.mu.Unlock()
 		return 0, err
 	}
 	if b.stopped(ctx) { // while it waited
 		b.budget.Settle(int64(worst), 0)
+		client.Settle(int64(worst), 0)
 		return 0, b.stopCause(ctx)
 	}
 	return worst, nil
+}
+
+// take reserves worst in bg, if not nil, for task id; whose names bg in
+// the error, which matches ErrBudgetExceeded, or is why the batch stopped
+// when ctx ended while it waited.
+func (b *batchRun) take(ctx context.Context, bg *budget.Budget, worst pico, id, whose string) error {
+	err := bg.Reserve(ctx, int64(worst))
+	switch {
+	case errors.Is(err, budget.ErrExceeded):
+		return fmt.Errorf("%w: task %q could cost up to $%.6f, and $%.6f of the %s $%.6f is spent",
+			ErrBudgetExceeded, id, worst.usd(), pico(bg.Spent()).usd(), whose, pico(bg.Max()).usd())
+	case err != nil:
+		return b.stopCause(ctx)
+	}
+	return nil
 }
 
 // price sets r.Cost, the cost of an answer from respModel to a request

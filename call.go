@@ -15,7 +15,6 @@ import (
 	"github.com/cenkalti/backoff/v4"
 	"golang.org/x/sync/semaphore"
 
-	"github.com/llmdrain/llmdrain/internal/budget"
 	"github.com/llmdrain/llmdrain/internal/watchdog"
 )
 
@@ -176,14 +175,18 @@ func (c *call) observe() {
 
 // reserve reserves the call's worst-case cost in the client's budget
 // (Config.MaxCost), if it has one and the call is priced by the token (a
-// chat or text completion, embeddings), waiting as Budget.Reserve does for
-// the calls in flight to settle. The call's release settles it. It fails
-// with an error matching ErrBudgetExceeded when the call cannot fit or its
-// cost cannot be bounded, and with the call's context's when that ends
-// first.
+// chat or text completion, embeddings), unless its caller did (see
+// callRecord.reserved). The call's release settles it. It fails at once,
+// with an error matching ErrBudgetExceeded, when the call does not fit in
+// what is neither spent nor reserved, or its cost cannot be bounded. It
+// does not wait for the calls in flight to settle: one of them may be a
+// stream the same caller holds open, and would wait for itself.
 func (c *call) reserve() error {
 	b, o := c.t.cost.budget, c.obs
 	if b == nil || o == nil { // o is nil only without a budget
+		return nil
+	}
+	if r := callRecordOf(c.ctx); r != nil && r.reserved {
 		return nil
 	}
 	switch o.info.Operation {
@@ -199,12 +202,9 @@ func (c *call) reserve() error {
 	if err != nil {
 		return err
 	}
-	if err := b.Reserve(c.ctx, int64(worst)); err != nil {
-		if errors.Is(err, budget.ErrExceeded) {
-			return fmt.Errorf("%w: the call could cost up to $%.6f, and $%.6f of the client's $%.6f is spent",
-				ErrBudgetExceeded, worst.usd(), pico(b.Spent()).usd(), pico(b.Max()).usd())
-		}
-		return callError(c.ctx, err)
+	if err := b.TryReserve(int64(worst)); err != nil {
+		return fmt.Errorf("%w: the call could cost up to $%.6f, and $%.6f of the client's $%.6f is spent or reserved by calls in flight",
+			ErrBudgetExceeded, worst.usd(), pico(b.Spent()).usd(), pico(b.Max()).usd())
 	}
 	o.reserved, o.budgeted = worst, true
 	return nil

@@ -204,12 +204,16 @@ type Config struct {
 	// MaxCost caps, in US dollars, what the client's chat completion,
 	// text completion and embeddings calls may cost together over its
 	// life, whichever method makes them (a batch's tasks included). Before
-	// each such call its worst case (see BatchOptions.MaxCost) is
-	// reserved; a call that could pass the cap waits while others are in
-	// flight, whose real cost may leave room, and is refused with
-	// ErrBudgetExceeded, nothing sent, when it cannot fit. Calls to other
-	// endpoints are not priced by the token and are not counted. 0 means no
-	// cap; a cap needs Prices.
+	// each such call its worst case (see BatchOptions.MaxCost) is reserved,
+	// and replaced by its real cost once its answer is done (a stream's
+	// usage event, which llmdrain asks for). A call whose worst case does
+	// not fit in what is neither spent nor reserved by the calls in flight
+	// is refused at once with ErrBudgetExceeded, nothing sent; it does not
+	// wait for them, one of which could be a stream its own caller holds
+	// open. A batch's tasks do wait, for the batch's other tasks. So
+	// spending never passes the cap, as far as the reservations bound it.
+	// Calls to other endpoints are not priced by the token and are not
+	// counted. 0 means no cap; a cap needs Prices.
 	MaxCost float64
 }
 

@@ -103,22 +103,34 @@ func TestBatchMaxCostExactUnderConcurrency(t *testing.T) {
 // When reservations exceed what tasks really cost (the prompt's bound is
 // its body's bytes), tasks wait for the running ones to settle rather than
 // stop early: the batch spends up to the cap, never past it.
+// The client's cap (Config.MaxCost) is waited for the same way by a
+// batch's tasks.
 func TestBatchMaxCostWaitsForRunningTasks(t *testing.T) {
-	srv := newServer(t, llmtest.WithLatency(2*time.Millisecond))
-	c := newTestClient(t, srv, Config{Prices: Prices{DefaultModel: {Input: 1, Output: 1}}})
-	tasks := capped(200)
-	worst, err := c.cost.worst(chatBound(tasks[0].Request, len(mustMarshal(t, tasks[0].Request))))
-	require.NoError(t, err)
-	each := toPico((2 + 4) * 1e-6) // "task NNN" and the 4-word answer
-	require.Greater(t, worst, 10*each, "the reservation is a worst case, well above the cost")
 	const maxCost = 100 * 6e-6 // 100 tasks' real cost
-	res, err := c.Batch(context.Background(), tasks, BatchOptions{Concurrency: 64, MaxCost: maxCost})
-	require.ErrorIs(t, err, ErrBudgetExceeded)
-	spent := toPico(res.Cost.USD)
-	assert.LessOrEqual(t, spent, toPico(maxCost))
-	assert.Greater(t, spent, toPico(maxCost)-worst, "stopped before the last reservation that fitted")
-	assert.Equal(t, int(spent/each), res.Completed)
-	assert.Equal(t, res.Completed, srv.Stats().Requests)
+	prices := Prices{DefaultModel: {Input: 1, Output: 1}}
+	for _, clientCap := range []bool{false, true} {
+		srv := newServer(t, llmtest.WithLatency(2*time.Millisecond))
+		cfg, opts := Config{Prices: prices}, BatchOptions{Concurrency: 64, MaxCost: maxCost}
+		if clientCap {
+			cfg.MaxCost, opts.MaxCost = maxCost, 0
+		}
+		c := newTestClient(t, srv, cfg)
+		tasks := capped(200)
+		worst, err := c.cost.worst(chatBound(tasks[0].Request, len(mustMarshal(t, tasks[0].Request))))
+		require.NoError(t, err)
+		each := toPico((2 + 4) * 1e-6) // "task NNN" and the 4-word answer
+		require.Greater(t, worst, 10*each, "the reservation is a worst case, well above the cost")
+		res, err := c.Batch(context.Background(), tasks, opts)
+		require.ErrorIs(t, err, ErrBudgetExceeded)
+		spent := toPico(res.Cost.USD)
+		assert.LessOrEqual(t, spent, toPico(maxCost))
+		assert.Greater(t, spent, toPico(maxCost)-worst, "stopped before the last reservation that fitted")
+		assert.Equal(t, int(spent/each), res.Completed)
+		assert.Equal(t, res.Completed, srv.Stats().Requests)
+		if clientCap {
+			assert.Equal(t, int64(spent), c.cost.budget.Spent())
+		}
+	}
 }
 
 // A batch stopped by its budget goes on exactly where it stopped when run

@@ -90,6 +90,23 @@ func (b *Budget) Reserve(ctx context.Context, n int64) error {
 	}
 }
 
+// TryReserve is Reserve without the wait: it takes n units if they fit
+// in what is neither spent nor reserved and no reservation is waiting,
+// and returns ErrExceeded otherwise.
+func (b *Budget) TryReserve(n int64) error {
+	if b == nil {
+		return nil
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if len(b.queue) == 0 {
+		if ok, done := b.tryLocked(n); done {
+			return result(ok)
+		}
+	}
+	return ErrExceeded
+}
+
 func result(ok bool) error {
 	if ok {
 		return nil

@@ -142,3 +142,31 @@ func TestConcurrentExactCap(t *testing.T) {
 		t.Fatalf("granted %d, refused %d, spent %d; want %d, 64, %d", granted.Load(), refused.Load(), b.Spent(), fits, cost*fits)
 	}
 }
+
+// TryReserve takes what fits and never waits, nor jumps the queue.
+func TestTryReserve(t *testing.T) {
+	b := New(10, false)
+	if err := b.TryReserve(6); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.TryReserve(5); !errors.Is(err, ErrExceeded) {
+		t.Fatalf("5 with 6 of 10 reserved: %v", err)
+	}
+	got := make(chan error, 1)
+	go func() { got <- b.Reserve(context.Background(), 5) }()
+	waitQueue(t, b, 1)
+	if err := b.TryReserve(1); !errors.Is(err, ErrExceeded) {
+		t.Fatalf("jumped the queue: %v", err)
+	}
+	b.Settle(6, 2)
+	if err := <-got; err != nil {
+		t.Fatal(err)
+	}
+	if err := b.TryReserve(3); err != nil {
+		t.Fatal(err)
+	}
+	var nilBudget *Budget
+	if err := nilBudget.TryReserve(1 << 60); err != nil {
+		t.Fatal(err)
+	}
+}
