@@ -102,11 +102,12 @@ func (t *transport) begin(req *http.Request) (*call, error) {
 		if err := c.acquire(); err != nil {
 			closeBody(c.req)
 			err = callError(ctx, err)
+			defer t.tracker.finish(tk) // after CallDone, even if a hook panics
 			if c.obs != nil {
+				c.obs.waitedSlot()
 				c.obs.fail(err)
 				c.obs.done(0)
 			}
-			t.tracker.finish(tk)
 			return nil, err
 		}
 		c.sem = t.sem
@@ -119,7 +120,8 @@ func (t *transport) begin(req *http.Request) (*call, error) {
 }
 
 // acquire takes a concurrency slot, bounded by the call's context. With
-// Hooks, a call that has to wait for one tells Waited.
+// Hooks, a call that has to wait for one notes how long, for Waited, told
+// where a panicking hook cannot leave the call held.
 func (c *call) acquire() error {
 	sem := c.t.sem
 	if c.obs == nil {
@@ -130,7 +132,7 @@ func (c *call) acquire() error {
 	}
 	start := time.Now()
 	err := sem.Acquire(c.ctx, 1)
-	c.obs.waited(WaitConcurrency, "", time.Since(start))
+	c.obs.slotWait = max(time.Since(start), 1)
 	return err
 }
 
@@ -174,8 +176,15 @@ func (c *call) release() {
 		return
 	}
 	if c.obs != nil {
+		defer c.free() // even if CallDone panics
 		c.obs.done(c.attempts)
+		return
 	}
+	c.free()
+}
+
+// free is what release gives back.
+func (c *call) free() {
 	c.end()
 	if c.sem != nil {
 		c.sem.Release(1)

@@ -37,6 +37,7 @@ type callObs struct {
 	status       int       // the status handed over; 0: none
 	err          error     // the call's error, nil until one is known
 	ttft         time.Duration
+	slotWait     time.Duration // the wait for a concurrency slot, not told yet; 0: none
 	usage        Usage
 	respModel    string
 	// injected: the call asked for stream_options.include_usage on its
@@ -133,6 +134,15 @@ func (o *callObs) attempted(n int, resp *http.Response, err error, oc outcome, r
 		Retry:    retry,
 		Reason:   reason,
 	})
+}
+
+// waitedSlot tells Waited of the wait for a concurrency slot, if there
+// was one.
+func (o *callObs) waitedSlot() {
+	if o != nil && o.slotWait > 0 {
+		o.waited(WaitConcurrency, "", o.slotWait)
+		o.slotWait = 0
+	}
 }
 
 // waited tells Waited of a wait that took d.

@@ -100,6 +100,7 @@ func (t *transport) RoundTrip(req *http.Request) (_ *http.Response, err error) {
 			c.release()
 		}
 	}()
+	c.obs.waitedSlot()
 	for {
 		tg, p, ok := t.router.pick(&c.route)
 		if !ok { // unreachable: a call with no target left ends below
