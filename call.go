@@ -144,11 +144,11 @@ func (c *call) observe() {
 	c.obs = newCallObs(c.t.hooks, req, c.stream, c.t.router.targets[0].base)
 	if req.Method == http.MethodPost && req.GetBody != nil && strings.HasPrefix(req.Header.Get("Content-Type"), "application/json") {
 		if rc, err := req.GetBody(); err == nil {
-			raw, err := io.ReadAll(rc)
+			raw, err := readBody(rc, req.ContentLength)
 			rc.Close()
 			if err == nil && raw != nil {
 				c.raw = raw // for withModel too: read once
-				c.obs.info.Model = requestModel(raw)
+				c.obs.info.Model = requestModel(raw, c.t.model)
 			}
 		}
 	}
@@ -165,6 +165,23 @@ func (c *call) observe() {
 		}
 	}
 	c.obs.started()
+}
+
+// readBody reads rc whole, in one allocation when n, its length, is known.
+func readBody(rc io.Reader, n int64) ([]byte, error) {
+	if n < 0 || n > maxWholeBody {
+		return io.ReadAll(rc)
+	}
+	b := make([]byte, n+1) // room to see the end
+	k, err := io.ReadFull(rc, b)
+	switch err {
+	case io.ErrUnexpectedEOF, io.EOF:
+		return b[:k], nil
+	case nil: // longer than said
+		rest, err := io.ReadAll(rc)
+		return append(b, rest...), err
+	}
+	return nil, err
 }
 
 // release ends the current attempt, frees the concurrency slot and takes

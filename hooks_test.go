@@ -542,15 +542,21 @@ func TestReadAnswer(t *testing.T) {
 	assert.Equal(t, Usage{InputTokens: 10, CachedInputTokens: 8, OutputTokens: 3, Known: true}, o.usage)
 
 	o = callObs{}
+	o.readAnswer([]byte(`{"model":"m","usage":{"prompt_tokens":1,"completion_tokens":2,"note":"a\"b"}}`))
+	assert.Equal(t, Usage{InputTokens: 1, OutputTokens: 2, Known: true}, o.usage, "the decoder's way")
+
+	o = callObs{}
 	o.readAnswer([]byte(`{"usage":null,"model":"m"}`))
 	assert.False(t, o.usage.Known)
 	assert.Equal(t, "m", o.respModel)
 }
 
 func TestRequestModelAndIncludeUsage(t *testing.T) {
-	assert.Equal(t, "gpt-4o", requestModel([]byte(`{"model":"gpt-4o","messages":[]}`)))
-	assert.Equal(t, "e", requestModel([]byte(`{"input":"\"model\":\"no\"","model":"e"}`)))
-	assert.Equal(t, "", requestModel([]byte(`{"input":"x"}`)))
+	assert.Equal(t, "gpt-4o", requestModel([]byte(`{"model":"gpt-4o","messages":[]}`), ""))
+	assert.Equal(t, "gpt-4o", requestModel([]byte(`{"model":"gpt-4o","messages":[]}`), "gpt-4o"))
+	assert.Equal(t, "e", requestModel([]byte(`{"input":"\"model\":\"no\"","model":"e"}`), ""))
+	assert.Equal(t, "m\"x", requestModel([]byte(`{"model":"m\"x"}`), ""), "escapes, decoded")
+	assert.Equal(t, "", requestModel([]byte(`{"input":"x"}`), ""))
 
 	assert.Equal(t, `{"model":"m","stream":true,"stream_options":{"include_usage":true}}`,
 		string(includeUsage([]byte(`{"model":"m","stream":true}`))))
