@@ -67,6 +67,7 @@ func New(cfg Config) (*Client, error) {
 		logger:         r.Logger,
 		hooks:          r.Hooks,
 		cost:           cost,
+		model:          r.Model,
 		apiError:       envelopeError,
 
 		firstTokenTimeout: r.FirstTokenTimeout,

@@ -66,6 +66,7 @@ type transport struct {
 	// the answer's usage).
 	hooks *Hooks
 	cost  *costing // the prices, and the budget of Config.MaxCost
+	model string   // Config.Model, for the hooks
 
 	// go-openai is given no API key: the call sets the Authorization
 	// header itself, on attempts at a target's origin only (see
@@ -105,6 +106,7 @@ func (t *transport) RoundTrip(req *http.Request) (_ *http.Response, err error) {
 			c.release()
 		}
 	}()
+	c.obs.waitedSlot()
 	for {
 		tg, p, ok := t.router.pick(&c.route)
 		if !ok { // unreachable: a call with no target left ends below
