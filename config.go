@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"math"
 	"net"
 	"net/http"
 	"net/url"
@@ -514,8 +513,8 @@ func resolve(cfg Config) (resolved, error) {
 			field string
 			v     float64
 		}{{"Input", pr.Input}, {"CachedInput", pr.CachedInput}, {"Output", pr.Output}} {
-			if !(f.v >= 0) || math.IsInf(f.v, 0) {
-				bad(fmt.Sprintf("Prices[%q].%s", name, f.field), "%v is not a price in US dollars per million tokens", f.v)
+			if !(f.v >= 0) || f.v > MaxPrice {
+				bad(fmt.Sprintf("Prices[%q].%s", name, f.field), "%v is not a price in US dollars per million tokens (0 to %g)", f.v, float64(MaxPrice))
 			}
 		}
 		if pr.MaxOutput < 0 {

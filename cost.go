@@ -114,7 +114,7 @@ func (c *costing) worst(b bound) (pico, error) {
 				return 0, fmt.Errorf("%w: a request to %q sets no max_completion_tokens and its price gives no MaxOutput, its cost cannot be bounded", ErrBudgetExceeded, model)
 			}
 		}
-		w := pico(b.promptBytes)*tp.in + pico(out)*pico(b.n)*tp.out
+		w := min(priceTokens(b.promptBytes, 1, tp.in)+priceTokens(out, b.n, tp.out), maxPico)
 		most = max(most, w)
 	}
 	return most, nil

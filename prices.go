@@ -77,6 +77,11 @@ func cutDate(model string) (string, bool) {
 	return model, false
 }
 
+// MaxPrice is the highest price accepted, in US dollars per million
+// tokens: a hundred times the dearest model's output in 2025, and low
+// enough that costs summed in picodollars cannot overflow.
+const MaxPrice = 1e5
+
 // Cost is what a call, a task or a batch cost.
 type Cost struct {
 	// USD is the cost in US dollars: of a batch, the sum of the costs
@@ -199,8 +204,8 @@ func perMillion(e map[string]any, field string) (float64, bool, error) {
 		return 0, false, fmt.Errorf("%s: not a number", field)
 	}
 	f, err := n.Float64()
-	if err != nil || f < 0 || math.IsInf(f, 0) {
-		return 0, false, fmt.Errorf("%s: %s is not a price", field, n)
+	if err != nil || !(f >= 0) || f*1e6 > MaxPrice {
+		return 0, false, fmt.Errorf("%s: %s is not a price (at most %g US dollars per token)", field, n, MaxPrice/1e6)
 	}
 	// Rounded to a millionth of a dollar per million tokens (a picodollar
 	// a token, the unit costs are summed in), so that 2e-06 reads as 2
@@ -257,7 +262,21 @@ func (p Price) perToken() tokenPrices {
 func (tp tokenPrices) cost(u Usage) pico {
 	in := max(u.InputTokens, 0)
 	cached := min(max(u.CachedInputTokens, 0), in)
-	return pico(in-cached)*tp.in + pico(cached)*tp.cached + pico(max(u.OutputTokens, 0))*tp.out
+	return min(priceTokens(in-cached, 1, tp.in)+priceTokens(cached, 1, tp.cached)+priceTokens(max(u.OutputTokens, 0), 1, tp.out), maxPico)
+}
+
+// maxPico bounds every amount: more than any budget (a million dollars is
+// 1e18 picodollars), and three of them still fit in an int64.
+const maxPico pico = 2e18
+
+// priceTokens is n × m tokens at p picodollars each (none negative),
+// saturating at maxPico: a count no answer can have (a hostile server's
+// usage, a request's absurd n × max_tokens) must not wrap around.
+func priceTokens(n, m int, p pico) pico {
+	if f := float64(n) * float64(m) * float64(p); f >= float64(maxPico) {
+		return maxPico
+	}
+	return pico(n) * pico(m) * p
 }
 
 // priceOf returns the price of an answer from respModel to a request for

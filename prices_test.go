@@ -88,9 +88,10 @@ func TestLoadPricesErrors(t *testing.T) {
 		{`{"gpt-x": 3}`, `"gpt-x": not a JSON object`},
 		{`{"gpt-x": {"input_cost_per_token": "2e-06", "output_cost_per_token": 1}}`, `"gpt-x": input_cost_per_token: not a number`},
 		{`{"gpt-x": {"input_cost_per_token": -1, "output_cost_per_token": 1}}`, `"gpt-x": input_cost_per_token: -1 is not a price`},
-		{`{"gpt-x": {"input_cost_per_token": 1, "output_cost_per_token": 1e999}}`, `"gpt-x": output_cost_per_token: 1e999 is not a price`},
-		{`{"gpt-x": {"input_cost_per_token": 1, "output_cost_per_token": 1, "max_output_tokens": 1.5}}`, `"gpt-x": max_output_tokens: 1.5 is not a token count`},
-		{`{"gpt-x": {"input_cost_per_token": 1, "cache_read_input_token_cost": true}}`, `"gpt-x": cache_read_input_token_cost: not a number`},
+		{`{"gpt-x": {"input_cost_per_token": 1e-6, "output_cost_per_token": 1e999}}`, `"gpt-x": output_cost_per_token: 1e999 is not a price`},
+		{`{"gpt-x": {"input_cost_per_token": 1e-6, "output_cost_per_token": 1e-6, "max_output_tokens": 1.5}}`, `"gpt-x": max_output_tokens: 1.5 is not a token count`},
+		{`{"gpt-x": {"input_cost_per_token": 1e-6, "cache_read_input_token_cost": true}}`, `"gpt-x": cache_read_input_token_cost: not a number`},
+		{`{"gpt-x": {"input_cost_per_token": 0.2, "output_cost_per_token": 1e-6}}`, `"gpt-x": input_cost_per_token: 0.2 is not a price (at most 0.1 US dollars per token)`},
 	} {
 		_, err := LoadPrices(strings.NewReader(tc.in))
 		if assert.Error(t, err, tc.in) {
@@ -111,4 +112,36 @@ func TestCostString(t *testing.T) {
 	assert.Equal(t, "$0.012345", Cost{USD: 0.012345}.String())
 	assert.Equal(t, "$0.000000 + unknown", Cost{Unknown: true}.String())
 	assert.False(t, errors.Is(ErrBudgetExceeded, ErrDraining))
+}
+
+// Whatever it reads, LoadPrices returns an error or a table New accepts:
+// finite prices, none negative.
+func FuzzLoadPrices(f *testing.F) {
+	raw, err := os.ReadFile("testdata/model_prices_and_context_window.json")
+	require.NoError(f, err)
+	f.Add(raw)
+	f.Add([]byte(`{"m": {"input_cost_per_token": 1e-300, "output_cost_per_token": 1.7e308, "max_output_tokens": 2147483647}}`))
+	f.Add([]byte(`{"a/b": {"input_cost_per_token": 0, "output_cost_per_token": 0, "litellm_provider": "a"}, "b": null}`))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		p, err := LoadPrices(strings.NewReader(string(data)))
+		if err != nil {
+			return
+		}
+		_, err = New(Config{APIKey: fakeKey, Prices: p})
+		if err != nil {
+			t.Fatalf("LoadPrices gave a table New refuses: %v", err)
+		}
+	})
+}
+
+// Absurd counts (a hostile server's usage, a request's n × max_tokens)
+// saturate rather than wrap around into a negative cost.
+func TestCostSaturates(t *testing.T) {
+	tp := Price{Input: MaxPrice, Output: MaxPrice}.perToken()
+	huge := int(^uint(0) >> 1)
+	assert.Equal(t, maxPico, tp.cost(Usage{InputTokens: huge, OutputTokens: huge, Known: true}))
+	c := &costing{prices: Prices{"m": {Input: MaxPrice, Output: MaxPrice}}}
+	w, err := c.worst(bound{model: "m", promptBytes: huge, output: huge, n: 128})
+	require.NoError(t, err)
+	assert.Equal(t, maxPico, w)
 }

@@ -8,6 +8,7 @@ package budget
 import (
 	"context"
 	"errors"
+	"math"
 	"sync"
 )
 
@@ -153,7 +154,7 @@ func (b *Budget) Settle(n, actual int64) {
 	b.mu.Lock()
 	b.reserved -= n
 	b.holders--
-	b.spent += actual
+	b.spent = add(b.spent, actual)
 	b.broadcastLocked()
 	b.mu.Unlock()
 }
@@ -165,9 +166,22 @@ func (b *Budget) Spend(actual int64) {
 		return
 	}
 	b.mu.Lock()
-	b.spent += actual
+	b.spent = add(b.spent, actual)
 	b.broadcastLocked()
 	b.mu.Unlock()
+}
+
+// add is a + b for amounts not negative, saturating rather than wrapping
+// around: an absurd cost (a hostile server's usage) must not make the
+// spending negative.
+func add(a, b int64) int64 {
+	if b < 0 {
+		b = 0
+	}
+	if a > math.MaxInt64-b {
+		return math.MaxInt64
+	}
+	return a + b
 }
 
 // Spent returns the units settled so far; 0 for a nil Budget.
