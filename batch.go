@@ -177,7 +177,9 @@ type BatchOptions struct {
 	// from there. So, however many tasks run at once, what the answers
 	// cost never passes the cap, as far as the reservations bound them. A
 	// failed call costs nothing here, as the API bills no error. 0 means no
-	// cap; a cap needs Config.Prices. Config.MaxCost, if set, applies too.
+	// cap; a cap needs Config.Prices. Config.MaxCost, if set, applies too,
+	// and a task waits for room in it the same way. A task refused by
+	// this cap is never sent, so Hooks get no CallStart or CallDone for it.
 	MaxCost float64
 }
 
