@@ -293,7 +293,9 @@ func TestOpenAIConfigKeepsLlmdrainsParts(t *testing.T) {
 	for name, f := range map[string]func(*openai.ClientConfig){
 		"BaseURL":    func(oc *openai.ClientConfig) { oc.BaseURL = "https://elsewhere.example.com/v1" },
 		"HTTPClient": func(oc *openai.ClientConfig) { oc.HTTPClient = http.DefaultClient },
-		"replaced":   func(oc *openai.ClientConfig) { *oc = openai.DefaultAzureConfig(fakeKey, "https://res.openai.azure.com") },
+		"replaced": func(oc *openai.ClientConfig) {
+			*oc = openai.DefaultAzureConfig(fakeKey, "https://res.openai.azure.com")
+		},
 	} {
 		t.Run(name, func(t *testing.T) {
 			_, err := New(Config{APIKey: fakeKey, OpenAIConfig: f})
