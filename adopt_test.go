@@ -527,3 +527,32 @@ func TestSignalContextCutIsNotSuccess(t *testing.T) {
 	require.NoError(t, c2.Shutdown(dctx), "drained")
 	require.NoError(t, <-errc)
 }
+
+// TestRunWithNotifyContext: Run given the service's own
+// signal.NotifyContext for the signals it watches counts that context's
+// signal once: the drains run unforced, whichever of the two saw it first.
+// A real signal, sent to this process, many times over to catch both
+// orders.
+func TestRunWithNotifyContext(t *testing.T) {
+	for i := range 20 {
+		ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGUSR2)
+		logs, logger := newLogRecorder()
+		sd := &Shutdown{Signals: []os.Signal{syscall.SIGUSR2}, Timeout: time.Minute, Logger: logger}
+		tk := NewTracker()
+		_, done, err := tk.Begin(context.Background())
+		require.NoError(t, err)
+		sd.Register("llm", func(ctx context.Context) error {
+			go func() {
+				time.Sleep(10 * time.Millisecond) // a call finishing during the drain
+				done()
+			}()
+			return tk.Drain(ctx)
+		})
+		sd.Notify()
+		require.NoError(t, syscall.Kill(os.Getpid(), syscall.SIGUSR2))
+		err = sd.Run(ctx)
+		stop()
+		require.NoError(t, err, "run %d: the one signal forced the shutdown: %s", i, logs.all())
+		assert.Empty(t, logs.find("shutdown: second signal, forcing"), "run %d", i)
+	}
+}

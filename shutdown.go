@@ -9,6 +9,8 @@ import (
 	"os"
 	"os/signal"
 	"runtime/debug"
+	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -260,7 +262,9 @@ func (s *Shutdown) signals() []os.Signal {
 
 // Run watches for the stop signals and, at the first one, performs the
 // shutdown sequence described on Shutdown; ctx ending counts as the first
-// signal. Until Run (or Notify) has started watching them, the stop
+// signal. ctx may be the service's own signal.NotifyContext for the same
+// signals: the signal that ends it is counted once, not as a first and a
+// second (Go 1.26 and later, whose NotifyContext names its signal). Until Run (or Notify) has started watching them, the stop
 // signals keep their default action (a SIGTERM kills the process): call
 // Notify before serving traffic if Run comes later.
 //
@@ -289,6 +293,7 @@ func (s *Shutdown) Run(ctx context.Context) error {
 		s.log("shutdown: triggered")
 	case <-ctx.Done():
 		s.log("shutdown: context ended", "cause", context.Cause(ctx))
+		s.sameSignal(ch, context.Cause(ctx))
 	}
 	start := time.Now()
 	s.stopping.Store(true)
@@ -338,6 +343,33 @@ func (s *Shutdown) Run(ctx context.Context) error {
 	}
 	s.log("shutdown: done", "took", since(start), "ok", true)
 	return nil
+}
+
+// sameSignal takes from ch the signal that ended Run's context, when that
+// context is a signal.NotifyContext's for one of the signals Run watches:
+// the one signal reached both, and must not count as the second, which
+// forces. It waits for it at most a second: the signal is delivered to
+// both channels at once.
+func (s *Shutdown) sameSignal(ch chan os.Signal, cause error) {
+	if !isSignalCause(cause) {
+		return
+	}
+	name := strings.TrimSuffix(cause.Error(), " signal received")
+	if !slices.ContainsFunc(s.signals(), func(sig os.Signal) bool { return sig.String() == name }) {
+		return
+	}
+	t := time.NewTimer(time.Second)
+	defer t.Stop()
+	select {
+	case sig := <-ch:
+		if sig.String() != name {
+			select {
+			case ch <- sig: // another signal after all: keep it, it forces
+			default: // two more are pending: the shutdown is forced anyway
+			}
+		}
+	case <-t.C:
+	}
 }
 
 // drainResult is what a drain's goroutine hands back to drainAll.
