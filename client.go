@@ -382,7 +382,9 @@ func (c *Client) Tracker() *Tracker { return c.tracker }
 // ErrDraining at once, and Shutdown returns nil as soon as the calls in
 // flight (streams until closed) have finished. If ctx ends first, the calls
 // still in flight are cancelled with cause ErrForcedShutdown and a
-// *ForcedDrainError naming them is returned; see Tracker.Drain. It then
+// *ForcedDrainError naming them is returned; see Tracker.Drain. Calls a
+// signal's context (signal.NotifyContext) cancelled before they could
+// drain make it return a *CallsCancelledError rather than nil. It then
 // closes idle connections. The Tracker is drained as a whole, so a Tracker
 // shared through Config.Tracker drains every client using it.
 func (c *Client) Shutdown(ctx context.Context) error {

@@ -14,10 +14,11 @@ import (
 	"time"
 )
 
-// ErrDraining is returned for a call started after a drain began. The
-// retrying transport returns it from every go-openai method, wrapped, so
-// errors.Is(err, ErrDraining) tells "refused because we are shutting down"
-// apart from a failed call.
+// ErrDraining is returned for a call started after a drain began, before
+// anything was sent. A Client returns it as it is from every method,
+// OpenAI()'s included (no *url.Error naming a URL), so err ==
+// ErrDraining, like errors.Is(err, ErrDraining), tells "refused because
+// we are shutting down" apart from a failed call.
 var ErrDraining = errors.New("llmdrain: draining, call refused")
 
 // ErrForcedShutdown is the context.Cause of every in-flight call cancelled
