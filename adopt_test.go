@@ -385,15 +385,15 @@ func TestSecondSignalCause(t *testing.T) {
 	assert.Equal(t, "false", logs.find("shutdown: done")[0].attrs["ok"])
 }
 
-// TestRegisterReservedShare: with a 600 ms Timeout, an inbound drain that
-// would use all of it is forced when only the LLM drain's 300 ms reserve
-// is left, and the LLM drain, started then, lets its call finish and
+// TestRegisterReservedShare: with a 2 s Timeout, an inbound drain that
+// would use all of it is forced when only the LLM drain's 1 s reserve is
+// left, and the LLM drain, started then, lets its call finish and
 // succeeds; registered without a reserve, it would start with no time.
 func TestRegisterReservedShare(t *testing.T) {
 	for _, reserved := range []bool{true, false} {
 		t.Run(fmt.Sprint("reserved=", reserved), func(t *testing.T) {
 			logs, logger := newLogRecorder()
-			sd := &Shutdown{Timeout: 600 * time.Millisecond, Logger: logger}
+			sd := &Shutdown{Timeout: 2 * time.Second, Logger: logger}
 			httpForced := make(chan error, 1)
 			sd.Register("http", func(ctx context.Context) error {
 				<-ctx.Done() // a slow inbound drain: it would take the whole timeout
@@ -419,7 +419,7 @@ func TestRegisterReservedShare(t *testing.T) {
 				return tk.Drain(ctx)
 			}
 			if reserved {
-				sd.RegisterReserved("llm", 300*time.Millisecond, llm)
+				sd.RegisterReserved("llm", time.Second, llm)
 			} else {
 				sd.Register("llm", llm)
 			}

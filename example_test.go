@@ -246,7 +246,7 @@ func ExampleConfig_openAIConfig() {
 // inbound drain, stuck here, is forced when only the reserve is left, and
 // the LLM drain still has time to let its call finish.
 func ExampleShutdown_RegisterReserved() {
-	sd := &llmdrain.Shutdown{Timeout: 400 * time.Millisecond}
+	sd := &llmdrain.Shutdown{Timeout: time.Second}
 	forced := make(chan struct{})
 	sd.Register("http", func(ctx context.Context) error {
 		<-ctx.Done() // an inbound drain that would take the whole timeout
@@ -263,7 +263,7 @@ func ExampleShutdown_RegisterReserved() {
 		<-forced
 		done() // it finishes after the inbound drain was forced
 	}()
-	sd.RegisterReserved("llm", 200*time.Millisecond, tracker.Drain)
+	sd.RegisterReserved("llm", 500*time.Millisecond, tracker.Drain)
 	sd.Trigger()
 	err = sd.Run(context.Background())
 	fmt.Println(strings.Contains(err.Error(), `drain "http"`), strings.Contains(err.Error(), `drain "llm"`))
