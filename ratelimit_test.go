@@ -287,3 +287,47 @@ func (b *lockedBuffer) count(s string) int {
 	defer b.mu.Unlock()
 	return strings.Count(b.buf.String(), s)
 }
+
+func TestHooksToldOfPacingAndBudget(t *testing.T) {
+	srv := newServer(t, llmtest.WithRateLimit(llmtest.RateLimit{RequestsPerMinute: 2, Period: 200 * time.Millisecond, Headers: true}))
+	var (
+		mu      sync.Mutex
+		waits   = map[WaitReason]int{}
+		reasons []string
+		types   []string
+	)
+	hooks := &Hooks{
+		Waited: func(w WaitInfo) {
+			mu.Lock()
+			defer mu.Unlock()
+			waits[w.Reason]++
+			assert.Equal(t, srv.URL, w.Target)
+			assert.Positive(t, w.Duration)
+		},
+		AttemptDone: func(a AttemptInfo) {
+			mu.Lock()
+			defer mu.Unlock()
+			reasons = append(reasons, a.Reason)
+		},
+		CallDone: func(d CallDoneInfo) {
+			mu.Lock()
+			defer mu.Unlock()
+			types = append(types, d.ErrorType)
+		},
+	}
+	c := newTestClient(t, srv, Config{Hooks: hooks, MinRetriesPerSecond: -1})
+	for _, err := range run(t, c, 6, 6) {
+		require.NoError(t, err)
+	}
+	mu.Lock()
+	assert.Positive(t, waits[WaitPacing], "no pacing wait told")
+	mu.Unlock()
+
+	srv.SetDown(http.StatusServiceUnavailable)
+	_, err := c.CreateChatCompletion(context.Background(), userMsg("down"))
+	require.ErrorIs(t, err, ErrRetryBudget)
+	mu.Lock()
+	defer mu.Unlock()
+	assert.Equal(t, "budget", reasons[len(reasons)-1])
+	assert.Equal(t, "retry_budget", types[len(types)-1])
+}
