@@ -67,6 +67,9 @@ type call struct {
 	// closed and dropped first.
 	tracked trackedBody
 	whole   bufferedBody
+
+	// obs observes the call for Config.Hooks; nil without them.
+	obs *callObs
 }
 
 // begin registers req's call with the Tracker (refused with ErrDraining
@@ -74,9 +77,21 @@ type call struct {
 // context. The call must be released unless it is handed over.
 func (t *transport) begin(req *http.Request) (*call, error) {
 	c := &call{t: t, req: req}
-	ctx, tk, err := t.tracker.begin(req.Context(), t.label(req), c)
+	// go-openai asks for an event stream on its streaming endpoints, and
+	// for JSON where it decodes the body whole.
+	accept := req.Header.Get("Accept")
+	c.stream = strings.Contains(accept, "text/event-stream")
+	c.jsonCall = !c.stream && strings.Contains(accept, "application/json")
+	if t.hooks != nil {
+		c.observe()
+	}
+	ctx, tk, err := t.tracker.begin(c.req.Context(), t.label(c.req), c)
 	if err != nil {
-		closeBody(req)
+		closeBody(c.req)
+		if c.obs != nil {
+			c.obs.fail(err)
+			c.obs.done(0)
+		}
 		return nil, err
 	}
 	c.ctx, c.tk = ctx, tk
@@ -87,32 +102,154 @@ func (t *transport) begin(req *http.Request) (*call, error) {
 		c.attempts = int(r.attempts.Load())
 	}
 	if t.sem != nil {
-		if err := t.sem.Acquire(ctx, 1); err != nil {
-			closeBody(req)
-			t.tracker.finish(tk)
-			return nil, callError(ctx, err)
+		if err := c.acquire(); err != nil {
+			closeBody(c.req)
+			err = callError(ctx, err)
+			defer t.tracker.finish(tk) // after CallDone, even if a hook panics
+			if c.obs != nil {
+				c.obs.waitedSlot()
+				c.obs.fail(err)
+				c.obs.done(0)
+			}
+			return nil, err
 		}
 		c.sem = t.sem
 	}
-	// go-openai asks for an event stream on its streaming endpoints, and
-	// for JSON where it decodes the body whole.
-	accept := req.Header.Get("Accept")
-	c.stream = strings.Contains(accept, "text/event-stream")
-	c.jsonCall = !c.stream && strings.Contains(accept, "application/json")
-	if c.body, c.getBody, err = rewindable(req); err != nil {
+	if err := c.reserve(); err != nil {
+		closeBody(c.req)
+		c.obs.fail(err)
+		c.release()
+		return nil, err
+	}
+	if c.body, c.getBody, err = rewindable(c.req); err != nil {
 		c.release()
 		return nil, err
 	}
 	return c, nil
 }
 
+// acquire takes a concurrency slot, bounded by the call's context. With
+// Hooks, a call that has to wait for one notes how long, for Waited, told
+// where a panicking hook cannot leave the call held.
+func (c *call) acquire() error {
+	sem := c.t.sem
+	if c.obs == nil {
+		return sem.Acquire(c.ctx, 1)
+	}
+	if sem.TryAcquire(1) {
+		return nil
+	}
+	start := time.Now()
+	err := sem.Acquire(c.ctx, 1)
+	c.obs.slotWait = max(time.Since(start), 1)
+	return err
+}
+
+// observe starts the observation of the call for Config.Hooks: what it
+// asks for, read from its body, and, for a streaming chat completion, a
+// body that asks for the usage event as well; then CallStart.
+func (c *call) observe() {
+	req := c.req
+	c.obs = newCallObs(c.t.hooks, req, c.stream, c.t.router.targets[0].base)
+	c.obs.cost = c.t.cost
+	c.obs.free = req.Method == http.MethodGet || req.Method == http.MethodHead || req.Method == http.MethodDelete
+	if req.Method == http.MethodPost && req.GetBody != nil && strings.HasPrefix(req.Header.Get("Content-Type"), "application/json") {
+		if rc, err := req.GetBody(); err == nil {
+			raw, err := readBody(rc, req.ContentLength)
+			rc.Close()
+			if err == nil && raw != nil {
+				c.raw = raw // for withModel too: read once
+				c.obs.info.Model = requestModel(raw, c.t.model)
+			}
+		}
+	}
+	if c.raw != nil && c.stream && strings.HasSuffix(req.URL.Path, "/chat/completions") {
+		if body := includeUsage(c.raw); body != nil {
+			// A copy of the request, as a RoundTripper must not change
+			// it; its body, replaced, is closed.
+			r := req.WithContext(req.Context())
+			r.ContentLength = int64(len(body))
+			r.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(body)), nil }
+			r.Body, _ = r.GetBody()
+			closeBody(req)
+			c.req, c.raw, c.obs.injected = r, body, true
+		}
+	}
+	c.obs.started()
+}
+
+// reserve reserves the call's worst-case cost in the client's budget
+// (Config.MaxCost), if it has one and the call is priced by the token (a
+// chat or text completion, embeddings), unless its caller did (see
+// callRecord.reserved). The call's release settles it. It fails at once,
+// with an error matching ErrBudgetExceeded, when the call does not fit in
+// what is neither spent nor reserved, or its cost cannot be bounded. It
+// does not wait for the calls in flight to settle: one of them may be a
+// stream the same caller holds open, and would wait for itself.
+func (c *call) reserve() error {
+	b, o := c.t.cost.budget, c.obs
+	if b == nil || o == nil { // o is nil only without a budget
+		return nil
+	}
+	if r := callRecordOf(c.ctx); r != nil && r.reserved {
+		return nil
+	}
+	switch o.info.Operation {
+	case OpChat, OpTextCompletion, OpEmbeddings:
+	default:
+		return nil
+	}
+	bd, ok := requestBound(o.info.Operation, c.raw)
+	if !ok {
+		return fmt.Errorf("%w: a %s request whose body is no JSON request, its cost cannot be bounded", ErrBudgetExceeded, o.info.Operation)
+	}
+	worst, err := c.t.cost.worst(bd)
+	if err != nil {
+		return err
+	}
+	if err := b.TryReserve(int64(worst)); err != nil {
+		return fmt.Errorf("%w: the call could cost up to $%.6f, and $%.6f of the client's $%.6f is spent or reserved by calls in flight",
+			ErrBudgetExceeded, worst.usd(), pico(b.Spent()).usd(), pico(b.Max()).usd())
+	}
+	o.reserved, o.budgeted = worst, true
+	return nil
+}
+
+// readBody reads rc whole, in one allocation when n, its length, is known.
+func readBody(rc io.Reader, n int64) ([]byte, error) {
+	if n < 0 || n > maxWholeBody {
+		return io.ReadAll(rc)
+	}
+	b := make([]byte, n+1) // room to see the end
+	k, err := io.ReadFull(rc, b)
+	switch err {
+	case io.ErrUnexpectedEOF, io.EOF:
+		return b[:k], nil
+	case nil: // longer than said
+		rest, err := io.ReadAll(rc)
+		return append(b, rest...), err
+	}
+	return nil, err
+}
+
 // release ends the current attempt, frees the concurrency slot and takes
 // the call off the Tracker, once, whichever of the body's end, its Close
-// or RoundTrip's own failure comes first.
+// or RoundTrip's own failure comes first. CallDone is told first, so a
+// drain waiting for the call ends after it.
 func (c *call) release() {
 	if c.released.Swap(true) {
 		return
 	}
+	if c.obs != nil {
+		defer c.free() // even if CallDone panics
+		c.obs.done(c.attempts)
+		return
+	}
+	c.free()
+}
+
+// free is what release gives back.
+func (c *call) free() {
 	c.end()
 	if c.sem != nil {
 		c.sem.Release(1)
@@ -149,6 +286,9 @@ func (c *call) attempt(tg *target) (*http.Response, error) {
 	c.draw = d
 	c.attempts++
 	countAttempt(c.ctx)
+	if c.obs != nil {
+		c.obs.target, c.obs.attemptStart = tg.base, time.Now()
+	}
 	actx := c.attemptContext()
 	resp, err := c.t.base.RoundTrip(c.prepare(actx, tg))
 	tg.gate.learn(c.ctx, &c.draw, resp)
@@ -159,6 +299,9 @@ func (c *call) attempt(tg *target) (*http.Response, error) {
 			where = waitFirstEvent
 			if err = peekFirstEvent(resp); err == nil {
 				err = c.answered(true)
+			}
+			if err == nil && c.obs != nil {
+				c.obs.ttft = time.Since(c.obs.start)
 			}
 			if err == nil && c.attemptTimer != nil {
 				// The attempt timeout bounds a successful stream up to its
@@ -173,6 +316,9 @@ func (c *call) attempt(tg *target) (*http.Response, error) {
 				where = readingBody
 				if err = readWhole(resp, &c.whole); err == nil {
 					tg.gate.used(c.ctx, &c.draw, int(c.req.ContentLength), c.whole.b)
+					if c.obs != nil {
+						c.obs.readAnswer(c.whole.b)
+					}
 				}
 			}
 		}
@@ -411,11 +557,15 @@ func (e *timeoutError) Unwrap() []error {
 // tg, with tg's key and model.
 func (c *call) prepare(ctx context.Context, tg *target) *http.Request {
 	areq := c.req.WithContext(ctx)
-	// A new map, sharing the value slices: only Authorization is set, by
-	// replacing its slice, and nothing below writes into a header's values.
+	// A new map, sharing the value slices: only the key's header is set,
+	// by replacing its slice, and nothing below writes into a header's
+	// values. Credentials are the call's alone to set, per target: any that
+	// came with the request (go-openai's empty api-key for Azure) stay out.
 	areq.Header = make(http.Header, len(c.req.Header)+1)
 	for k, v := range c.req.Header {
-		areq.Header[k] = v
+		if k != "Authorization" && k != "Api-Key" {
+			areq.Header[k] = v
+		}
 	}
 	if c.body != nil {
 		areq.Body = c.body
@@ -426,7 +576,7 @@ func (c *call) prepare(ctx context.Context, tg *target) *http.Request {
 	}
 	c.key = ""
 	if kt := c.t.router.auth(areq.URL, tg); kt != nil && kt.bearer != "" {
-		areq.Header["Authorization"] = kt.authz
+		areq.Header[kt.authHeader] = kt.authz
 		c.key = kt.key
 	}
 	if tg.model != "" {
@@ -480,6 +630,12 @@ func (c *call) handOver(resp *http.Response) *http.Response {
 	others := t.router.otherKeys(c.key)
 	body := resp.Body
 	ok := resp.StatusCode/100 == 2
+	if c.obs != nil {
+		c.obs.status = resp.StatusCode
+		if ok && (c.stream || isSSE(resp)) {
+			body = &usageBody{rc: body, o: c.obs, strip: c.obs.injected}
+		}
+	}
 	switch {
 	case resp.StatusCode < 200 || resp.StatusCode >= 400: // go-openai's failure statuses
 		body = &errorBody{rc: body, key: c.key}
@@ -557,11 +713,17 @@ func (c *call) abandon(resp *http.Response, err error) error {
 	return callError(c.ctx, err)
 }
 
-// next ends a failed attempt, to make way for another after wait: its
-// response is read a little (so its connection can be reused) and closed.
-func (c *call) next(resp *http.Response, wait time.Duration) error {
+// next ends a failed attempt, to make way for another after wait (for
+// reason why): its response is read a little (so its connection can be
+// reused) and closed.
+func (c *call) next(resp *http.Response, wait time.Duration, why WaitReason) error {
 	discard(resp)
 	c.end()
+	var start time.Time
+	if c.obs != nil && wait > 0 {
+		start = time.Now()
+		defer func() { c.obs.waited(why, c.obs.target, time.Since(start)) }()
+	}
 	if err := sleep(c.ctx, wait); err != nil {
 		return callError(c.ctx, err)
 	}

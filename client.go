@@ -21,8 +21,8 @@ import (
 
 	"github.com/llmdrain/llmdrain/internal/aimd"
 	"github.com/llmdrain/llmdrain/internal/breaker"
-	"github.com/llmdrain/llmdrain/internal/budget"
 	"github.com/llmdrain/llmdrain/internal/pacing"
+	"github.com/llmdrain/llmdrain/internal/retrybudget"
 	"github.com/llmdrain/llmdrain/internal/watchdog"
 )
 
@@ -42,7 +42,10 @@ type Client struct {
 	public  *openai.Client // OpenAI()'s: oa with Config.Model as default
 	http    *http.Client
 	tracker *Tracker
+	cost    *costing
 	model   string
+	hooks   *Hooks // nil: none
+	target  string // the first target's base URL, for hooks
 	base    string // primary endpoint, for String
 	// fallbacks prints the fallback targets for String, keys redacted;
 	// empty: none. (A []Target field would show them under %#v: fmt
@@ -59,19 +62,47 @@ func New(cfg Config) (*Client, error) {
 	if err != nil {
 		return nil, err
 	}
+	cost := newCosting(r)
 	tr := &transport{
 		tracker:        r.Tracker,
 		policy:         retryPolicy{maxRetries: r.MaxRetries, maxRetryAfter: r.MaxRetryAfter, newBackoff: r.Backoff},
 		shouldRetry:    r.ShouldRetry,
 		attemptTimeout: r.AttemptTimeout,
 		logger:         r.Logger,
+		hooks:          r.Hooks,
+		cost:           cost,
+		model:          r.Model,
 		apiError:       envelopeError,
 
 		firstTokenTimeout: r.FirstTokenTimeout,
 		idleTimeout:       r.StreamIdleTimeout,
 		clock:             watchdog.Real,
 	}
+	if tr.hooks == nil && cost.budget != nil {
+		tr.hooks = &Hooks{} // observed without events: see transport.hooks
+	}
+	hc := &http.Client{
+		Transport:     tr,
+		CheckRedirect: r.HTTPClient.CheckRedirect,
+		Jar:           r.HTTPClient.Jar,
+		Timeout:       r.HTTPClient.Timeout,
+	}
+	// No key for go-openai: the transport adds it, to the endpoints only.
+	oc := openai.DefaultConfig("")
+	oc.BaseURL = r.endpoints[0]
+	do := &refusalDoer{hc: hc}
+	oc.HTTPClient = do
+	if r.OpenAIConfig != nil {
+		r.OpenAIConfig(&oc)
+		if oc.BaseURL != r.endpoints[0] || oc.HTTPClient != openai.HTTPDoer(do) {
+			return nil, errors.Join(&ConfigError{Field: "OpenAIConfig", Problem: "changed the ClientConfig's BaseURL or HTTPClient, which llmdrain owns; set Config.BaseURL, Config.Fallbacks and Config.HTTPClient instead"})
+		}
+	}
+	// Azure wants the key in an api-key header rather than as a bearer
+	// token; go-openai would set it, empty, and the call fills it in.
+	r.apiKeyHeader = oc.APIType == openai.APITypeAzure || oc.APIType == openai.APITypeCloudflareAzure
 	tr.router = newRouter(r, nil)
+	r.Tracker.addHooks(r.Hooks)
 	var (
 		origins []origin
 		keys    []secret
@@ -80,20 +111,21 @@ func New(cfg Config) (*Client, error) {
 		origins = append(origins, tg.origin)
 		keys = append(keys, tg.key)
 	}
+	warnInsecure(r.Logger, tr.router.targets)
 	tr.router.onEject = func(tg *target, d time.Duration) {
-		tr.log(context.Background(), "llmdrain: target out of rotation", "endpoint", tg.host(), "model", tg.model, "cooldown", d)
+		tr.warn(context.Background(), "llmdrain: target out of rotation", "endpoint", tg.host(), "model", tg.model, "cooldown", d)
 	}
 	tr.router.onRestore = func(tg *target) {
 		tr.log(context.Background(), "llmdrain: target back in rotation", "endpoint", tg.host(), "model", tg.model)
 	}
 	var quotaDown atomic.Bool
 	for _, tg := range tr.router.targets {
-		g := &gate{pacer: pacing.New(nil), quota: r.Quota, key: quotaKey(tg.origin, tg.key), quotaDown: &quotaDown, log: tr.log}
+		g := &gate{pacer: pacing.New(nil), quota: r.Quota, key: quotaKey(tg.origin, tg.key), base: tg.base, quotaDown: &quotaDown, log: tr.log}
 		if r.AdaptiveCeiling > 0 {
 			g.limit = aimd.New(r.AdaptiveCeiling)
 		}
 		if r.RetryBudget > 0 || r.MinRetriesPerSecond > 0 {
-			g.budget = budget.New(max(r.RetryBudget, 0), max(r.MinRetriesPerSecond, 0), nil)
+			g.budget = retrybudget.New(max(r.RetryBudget, 0), max(r.MinRetriesPerSecond, 0), nil)
 		}
 		tg.gate = g
 	}
@@ -105,32 +137,56 @@ func New(cfg Config) (*Client, error) {
 	if len(r.targets) > 1 {
 		fallbacks = targetsString(r.targets[1:])
 	}
-	hc := &http.Client{
-		Transport:     tr,
-		CheckRedirect: r.HTTPClient.CheckRedirect,
-		Jar:           r.HTTPClient.Jar,
-		Timeout:       r.HTTPClient.Timeout,
-	}
-	// No key for go-openai: the transport adds it, to the endpoints only.
-	oc := openai.DefaultConfig("")
-	oc.BaseURL = r.endpoints[0]
-	oc.HTTPClient = hc
 	// OpenAI()'s client is the same but for the default model, which
 	// Client's own methods set on the request, costing nothing.
 	pc := oc
 	phc := *hc
 	phc.Transport = &modelDefault{next: tr, model: r.Model}
-	pc.HTTPClient = &phc
+	pc.HTTPClient = &refusalDoer{hc: &phc}
 	return &Client{
 		retry:     chatRetry{policy: tr.policy, shouldRetry: tr.shouldRetry, logger: tr.logger},
 		oa:        openai.NewClientWithConfig(oc),
 		public:    openai.NewClientWithConfig(pc),
 		http:      hc,
 		tracker:   r.Tracker,
+		cost:      cost,
 		model:     r.Model,
+		hooks:     r.Hooks,
+		target:    r.endpoints[0],
 		base:      redactURL(r.endpoints[0]),
 		fallbacks: fallbacks,
 	}, nil
+}
+
+// refusalDoer is the http.Client go-openai is given. A call refused with
+// ErrDraining sent nothing, so it returns ErrDraining as it is, without the
+// *url.Error that would name a URL ("Post \"https://...\": ...") as if a
+// request had gone there; every other error is the http.Client's.
+type refusalDoer struct{ hc *http.Client }
+
+func (d *refusalDoer) Do(req *http.Request) (*http.Response, error) {
+	resp, err := d.hc.Do(req)
+	if ue, ok := err.(*url.Error); ok && ue.Err == ErrDraining {
+		return nil, ErrDraining
+	}
+	return resp, err
+}
+
+// warnInsecure logs, once per endpoint, each plain-http target that is not
+// loopback (Config.InsecurePlainHTTP): its key crosses a network in clear.
+func warnInsecure(logger *slog.Logger, targets []*target) {
+	if logger == nil {
+		return
+	}
+	var seen []string
+	for _, tg := range targets {
+		if tg.origin.scheme != "http" || isLoopback((&url.URL{Host: tg.origin.host}).Hostname()) || slices.Contains(seen, tg.origin.host) {
+			continue
+		}
+		seen = append(seen, tg.origin.host)
+		logger.Warn("llmdrain: plain http to a host that is not loopback (InsecurePlainHTTP): the API key and the prompts cross the network unencrypted",
+			"endpoint", tg.host(), "target", tg.index)
+	}
 }
 
 // newRouter makes the router of r's targets, their breakers reading now
@@ -147,10 +203,20 @@ func newRouter(r resolved, now func() time.Time) *router {
 			key: secret(t.APIKey), model: t.Model, long: t.LongContext}
 		if tg.key != "" {
 			tg.bearer = "Bearer " + tg.key
-			tg.authz = []string{string(tg.bearer)}
+			tg.authHeader, tg.authz = "Authorization", []string{string(tg.bearer)}
+			if r.apiKeyHeader {
+				tg.authHeader, tg.authz = "Api-Key", []string{string(tg.key)}
+			}
 		}
 		if len(r.targets) > 1 {
-			tg.breaker = breaker.New(breaker.Policy{Threshold: r.FailoverAfter, Base: r.Cooldown, Max: r.MaxCooldown, Now: now})
+			p := breaker.Policy{Threshold: r.FailoverAfter, Base: r.Cooldown, Max: r.MaxCooldown, Now: now}
+			if h := r.Hooks; h != nil && h.TargetChange != nil {
+				p.OnChange = func(ch breaker.Change) {
+					h.TargetChange(TargetChangeInfo{Target: tg.base, From: targetState(ch.From), To: targetState(ch.To),
+						Ejections: ch.Ejections, Cooldown: ch.Cooldown})
+				}
+			}
+			tg.breaker = breaker.New(p)
 		}
 		if tg.key != "" && !slices.Contains(rt.keys, tg.key) {
 			rt.keys = append(rt.keys, tg.key)
@@ -159,6 +225,17 @@ func newRouter(r resolved, now func() time.Time) *router {
 		rt.targets = append(rt.targets, tg)
 	}
 	return rt
+}
+
+// targetState names a breaker's state as TargetChangeInfo does.
+func targetState(s breaker.State) TargetState {
+	switch s {
+	case breaker.Open:
+		return TargetEjected
+	case breaker.HalfOpen:
+		return TargetProbing
+	}
+	return TargetHealthy
 }
 
 // Chat sends prompt as a single user message to the configured model and
@@ -184,6 +261,9 @@ func (c *Client) Chat(ctx context.Context, prompt string) (string, error) {
 		return "", ErrEmptyPrompt
 	}
 	if c.tracker.Draining() {
+		if c.hooks != nil {
+			refused(c.hooks, CallStartInfo{Operation: OpChat, Model: c.model, Stream: true, Target: c.target})
+		}
 		return "", ErrDraining
 	}
 	req := openai.ChatCompletionRequest{
@@ -222,7 +302,12 @@ func (c *Client) Chat(ctx context.Context, prompt string) (string, error) {
 		if c.retry.logger != nil {
 			c.retry.logger.InfoContext(ctx, "llmdrain: retrying the whole answer", "attempt", attempts, "wait", wait, "reason", err.Error())
 		}
-		if err := sleep(ctx, wait); err != nil {
+		start := time.Now()
+		err = sleep(ctx, wait)
+		if h := c.hooks; h != nil && h.Waited != nil && wait > 0 {
+			h.Waited(WaitInfo{Reason: WaitBackoff, Duration: time.Since(start)})
+		}
+		if err != nil {
 			return "", callError(ctx, err)
 		}
 	}
@@ -352,7 +437,9 @@ func (c *Client) Tracker() *Tracker { return c.tracker }
 // ErrDraining at once, and Shutdown returns nil as soon as the calls in
 // flight (streams until closed) have finished. If ctx ends first, the calls
 // still in flight are cancelled with cause ErrForcedShutdown and a
-// *ForcedDrainError naming them is returned; see Tracker.Drain. It then
+// *ForcedDrainError naming them is returned; see Tracker.Drain. Calls a
+// signal's context (signal.NotifyContext) cancelled before they could
+// drain make it return a *CallsCancelledError rather than nil. It then
 // closes idle connections. The Tracker is drained as a whole, so a Tracker
 // shared through Config.Tracker drains every client using it.
 func (c *Client) Shutdown(ctx context.Context) error {

@@ -9,6 +9,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/cenkalti/backoff/v4"
 	openai "github.com/sashabaranov/go-openai"
 
 	"github.com/llmdrain/llmdrain"
@@ -215,4 +216,122 @@ func ExampleTarget() {
 	})
 	fmt.Println(resp.Model, err, primary.Stats().Requests, backup.Stats().Requests)
 	// Output: other-model <nil> 3 1
+}
+
+// A price table in LiteLLM's format, and a batch capped at what it may
+// spend: the tasks that could pass the cap do not start, and a run with a
+// larger cap and the same journal goes on from there.
+func ExampleBatchOptions_maxCost() {
+	srv := llmtest.NewServer()
+	defer srv.Close()
+
+	prices, err := llmdrain.LoadPrices(strings.NewReader(`{
+		"gpt-4o": {"input_cost_per_token": 2.5e-06, "output_cost_per_token": 1e-05, "max_output_tokens": 16384}
+	}`))
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	c, err := llmdrain.New(llmdrain.Config{APIKey: "sk-example", BaseURL: srv.URL, Prices: prices})
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	var tasks []llmdrain.Task
+	for i := range 5 {
+		req := openai.ChatCompletionRequest{MaxCompletionTokens: 50,
+			Messages: []openai.ChatCompletionMessage{{Role: openai.ChatMessageRoleUser, Content: fmt.Sprint("question ", i)}}}
+		tasks = append(tasks, llmdrain.Task{Request: &req})
+	}
+	// Each task may cost up to 50 tokens at $10/M plus its prompt's bound,
+	// $0.00078, and really costs $0.000045: under a $0.00085 cap the
+	// third could pass it, and does not start.
+	res, err := c.Batch(context.Background(), tasks, llmdrain.BatchOptions{Concurrency: 1, MaxCost: 0.00085})
+	fmt.Println(res.Completed, "completed,", res.NotRun, "not run, cost", res.Cost)
+	fmt.Println(errors.Is(err, llmdrain.ErrBudgetExceeded))
+	// Output:
+	// 2 completed, 3 not run, cost $0.000090
+	// true
+}
+
+// go-openai's settings reach through OpenAIConfig: here Azure OpenAI,
+// whose deployment URLs go-openai builds and whose api-key header
+// llmdrain fills in, for this endpoint only.
+func ExampleConfig_openAIConfig() {
+	srv := llmtest.NewServer(llmtest.WithAzure(), llmtest.WithAPIKey("azure-key")) // stands in for https://RESOURCE.openai.azure.com
+	defer srv.Close()
+
+	c, err := llmdrain.New(llmdrain.Config{
+		APIKey:  "azure-key",
+		BaseURL: srv.URL,
+		Model:   "gpt-4o", // the deployment
+		OpenAIConfig: func(oc *openai.ClientConfig) {
+			oc.APIType = openai.APITypeAzure
+			oc.APIVersion = "2024-10-21"
+		},
+	})
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	text, err := c.Chat(context.Background(), "Hello, Azure")
+	fmt.Println(text, err)
+	// Output: You said: Hello, Azure <nil>
+}
+
+// RegisterReserved keeps a share of the Timeout for a later drain: the
+// inbound drain, stuck here, is forced when only the reserve is left, and
+// the LLM drain still has time to let its call finish.
+func ExampleShutdown_RegisterReserved() {
+	sd := &llmdrain.Shutdown{Timeout: time.Second}
+	forced := make(chan struct{})
+	sd.Register("http", func(ctx context.Context) error {
+		<-ctx.Done() // an inbound drain that would take the whole timeout
+		close(forced)
+		return ctx.Err()
+	})
+	tracker := llmdrain.NewTracker()
+	_, done, err := tracker.Begin(context.Background()) // a background LLM call
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	go func() {
+		<-forced
+		done() // it finishes after the inbound drain was forced
+	}()
+	sd.RegisterReserved("llm", 500*time.Millisecond, tracker.Drain)
+	sd.Trigger()
+	err = sd.Run(context.Background())
+	fmt.Println(strings.Contains(err.Error(), `drain "http"`), strings.Contains(err.Error(), `drain "llm"`))
+	// Output: true false
+}
+
+// Hooks are told of each call, its attempts and waits, with the tokens
+// the answer says it used: the base of metrics and cost accounting.
+func ExampleHooks() {
+	srv := llmtest.NewServer()
+	defer srv.Close()
+	srv.Script(llmtest.Status(503)) // one failure, then the answer
+
+	hooks := &llmdrain.Hooks{
+		AttemptDone: func(a llmdrain.AttemptInfo) {
+			fmt.Printf("attempt %d: %d %s retry=%v reason=%q\n", a.Attempt, a.Status, a.Outcome, a.Retry, a.Reason)
+		},
+		Waited: func(w llmdrain.WaitInfo) { fmt.Println("waited:", w.Reason) },
+		CallDone: func(d llmdrain.CallDoneInfo) {
+			fmt.Printf("%s %s: error=%q attempts=%d tokens in=%d out=%d\n",
+				d.Operation, d.ResponseModel, d.ErrorType, d.Attempts, d.Usage.InputTokens, d.Usage.OutputTokens)
+		},
+	}
+	c, _ := llmdrain.New(llmdrain.Config{APIKey: "sk-example", BaseURL: srv.URL, Hooks: hooks,
+		Backoff: func() backoff.BackOff { return backoff.NewConstantBackOff(time.Millisecond) }})
+	text, err := c.Chat(context.Background(), "Hello, hooks!")
+	fmt.Println(text, err)
+	// Output:
+	// attempt 1: 503 overloaded retry=true reason="5xx"
+	// waited: backoff
+	// attempt 2: 200 healthy retry=false reason=""
+	// chat gpt-4o: error="" attempts=2 tokens in=2 out=4
+	// You said: Hello, hooks! <nil>
 }

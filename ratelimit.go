@@ -17,8 +17,8 @@ import (
 	openai "github.com/sashabaranov/go-openai"
 
 	"github.com/llmdrain/llmdrain/internal/aimd"
-	"github.com/llmdrain/llmdrain/internal/budget"
 	"github.com/llmdrain/llmdrain/internal/pacing"
+	"github.com/llmdrain/llmdrain/internal/retrybudget"
 )
 
 // Rate-limit defaults. The retry budget's are Finagle's RetryBudget and
@@ -52,9 +52,10 @@ var ErrRetryBudget = errors.New("llmdrain: retry budget spent")
 type gate struct {
 	pacer  *pacing.Pacer
 	limit  *aimd.Limiter
-	budget *budget.Budget
+	budget *retrybudget.Budget
 	quota  Quota
 	key    string // the target's bucket in quota: no secret in it
+	base   string // the target's base URL, for the hooks
 	// quotaDown is set once a Quota error was logged: a dead shared quota
 	// is said once, then paced around locally.
 	quotaDown *atomic.Bool
@@ -127,15 +128,24 @@ func (g *gate) admit(c *call) (draw, error) {
 	if g == nil {
 		return tk, nil
 	}
+	var paced time.Duration // how long the attempt was held, for Hooks.Waited
+	defer func() {
+		if paced > 0 && c.obs != nil {
+			c.obs.waited(WaitPacing, g.base, paced)
+		}
+	}()
 	for {
 		isProbe, wait := g.probe()
 		if wait == nil {
 			tk.probe = isProbe
 			break
 		}
+		start := time.Now()
 		select {
 		case <-wait:
+			paced += time.Since(start)
 		case <-c.ctx.Done():
+			paced += time.Since(start)
 			return tk, callError(c.ctx, nil)
 		}
 	}
@@ -160,12 +170,19 @@ func (g *gate) admit(c *call) (draw, error) {
 			}
 			g.pacer.Cancel(pt)
 		}
-		if err := sleep(c.ctx, wait); err != nil {
+		start := time.Now()
+		err := sleep(c.ctx, wait)
+		paced += time.Since(start)
+		if err != nil {
 			g.endProbe(&tk, false)
 			return tk, callError(c.ctx, err)
 		}
 	}
-	p, _, err := g.limit.Acquire(c.ctx)
+	start := time.Now()
+	p, waited, err := g.limit.Acquire(c.ctx)
+	if waited && c.obs != nil {
+		c.obs.waited(WaitAdaptiveLimit, g.base, time.Since(start))
+	}
 	if err != nil {
 		g.giveBack(c.ctx, &tk)
 		g.endProbe(&tk, false)

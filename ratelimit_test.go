@@ -139,8 +139,16 @@ func TestDeadQuotaPacesLocally(t *testing.T) {
 }
 
 func TestAdaptiveLimitHalvesOnOverload(t *testing.T) {
-	// The first 8 attempts are answered 429 at once; the rest after a
-	// while, counting how many run at once.
+	adaptive := overloadPeak(t, Config{MaxConcurrent: 8})
+	assert.LessOrEqual(t, adaptive, int32(3), "the limit did not halve after 429s")
+	off := overloadPeak(t, Config{MaxConcurrent: 8, AdaptiveCeiling: -1})
+	assert.Greater(t, off, int32(4), "without the adaptive limit the retries all go at once")
+}
+
+// overloadPeak makes 8 calls at once through a client of cfg against a
+// server whose first 8 attempts are answered 429 at once, and the rest
+// after a while; it returns how many of those ran at once at the most.
+func overloadPeak(t *testing.T, cfg Config) int32 {
 	var n, cur, peak atomic.Int32
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if n.Add(1) <= 8 {
@@ -150,16 +158,15 @@ func TestAdaptiveLimitHalvesOnOverload(t *testing.T) {
 		now := cur.Add(1)
 		for p := peak.Load(); now > p && !peak.CompareAndSwap(p, now); p = peak.Load() {
 		}
-		time.Sleep(20 * time.Millisecond) // to overlap; the bound is what is asserted
+		time.Sleep(50 * time.Millisecond) // to overlap; the bound is what is asserted
 		cur.Add(-1)
 		w.Header().Set("Content-Type", "application/json")
 		fmt.Fprint(w, `{"id":"x","object":"chat.completion","choices":[{"index":0,"message":{"role":"assistant","content":"ok"},"finish_reason":"stop"}]}`)
 	}))
 	t.Cleanup(srv.Close)
-	c := scriptedClient(t, srv, Config{MaxConcurrent: 8})
+	c := scriptedClient(t, srv, cfg)
 	started := make(chan struct{})
-	var wg sync.WaitGroup
-	var ready sync.WaitGroup
+	var wg, ready sync.WaitGroup
 	ready.Add(8)
 	for i := range 8 {
 		wg.Add(1)
@@ -174,8 +181,8 @@ func TestAdaptiveLimitHalvesOnOverload(t *testing.T) {
 	ready.Wait()
 	close(started)
 	wg.Wait()
-	assert.LessOrEqual(t, peak.Load(), int32(4), "the limit did not halve after a wave of 429s")
 	assert.Equal(t, int32(16), n.Load())
+	return peak.Load()
 }
 
 func TestRetryBudgetCutsRetries(t *testing.T) {
@@ -279,4 +286,48 @@ func (b *lockedBuffer) count(s string) int {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return strings.Count(b.buf.String(), s)
+}
+
+func TestHooksToldOfPacingAndBudget(t *testing.T) {
+	srv := newServer(t, llmtest.WithRateLimit(llmtest.RateLimit{RequestsPerMinute: 2, Period: 200 * time.Millisecond, Headers: true}))
+	var (
+		mu      sync.Mutex
+		waits   = map[WaitReason]int{}
+		reasons []string
+		types   []string
+	)
+	hooks := &Hooks{
+		Waited: func(w WaitInfo) {
+			mu.Lock()
+			defer mu.Unlock()
+			waits[w.Reason]++
+			assert.Equal(t, srv.URL, w.Target)
+			assert.Positive(t, w.Duration)
+		},
+		AttemptDone: func(a AttemptInfo) {
+			mu.Lock()
+			defer mu.Unlock()
+			reasons = append(reasons, a.Reason)
+		},
+		CallDone: func(d CallDoneInfo) {
+			mu.Lock()
+			defer mu.Unlock()
+			types = append(types, d.ErrorType)
+		},
+	}
+	c := newTestClient(t, srv, Config{Hooks: hooks, MinRetriesPerSecond: -1})
+	for _, err := range run(t, c, 6, 6) {
+		require.NoError(t, err)
+	}
+	mu.Lock()
+	assert.Positive(t, waits[WaitPacing], "no pacing wait told")
+	mu.Unlock()
+
+	srv.SetDown(http.StatusServiceUnavailable)
+	_, err := c.CreateChatCompletion(context.Background(), userMsg("down"))
+	require.ErrorIs(t, err, ErrRetryBudget)
+	mu.Lock()
+	defer mu.Unlock()
+	assert.Equal(t, "budget", reasons[len(reasons)-1])
+	assert.Equal(t, "retry_budget", types[len(types)-1])
 }

@@ -4,6 +4,11 @@
 // each limit's worth of clean answers, between 1 and a ceiling. Latency
 // is no signal: an LLM's latency follows the length of its output, not
 // the server's load.
+//
+// Like TCP, it begins with a slow start: from a few, the limit grows by
+// one per clean answer (doubling per window) until the first overload,
+// so that a new client does not send its whole concurrency at a server
+// whose quota it does not know yet.
 package aimd
 
 import (
@@ -20,13 +25,18 @@ type Limiter struct {
 	inflight int
 	clean    int    // clean answers since the limit last changed
 	epoch    uint64 // bumped by each decrease
+	slow     bool   // in slow start: no overload seen yet
 	waiters  []chan struct{}
 }
 
-// New returns a limiter starting at, and bounded by, ceiling (at least 1).
+// InitialLimit is where the slow start begins.
+const InitialLimit = 4
+
+// New returns a limiter bounded by ceiling (at least 1), starting at
+// InitialLimit in slow start.
 func New(ceiling int) *Limiter {
 	ceiling = max(ceiling, 1)
-	return &Limiter{limit: ceiling, ceiling: ceiling}
+	return &Limiter{limit: min(InitialLimit, ceiling), ceiling: ceiling, slow: true}
 }
 
 // Permit is an admitted attempt's place under the limit; Done gives it
@@ -95,6 +105,9 @@ func (p Permit) Done(overloaded bool) {
 		l.limit = max(l.limit/2, 1)
 		l.epoch++
 		l.clean = 0
+		l.slow = false
+	case !overloaded && l.slow:
+		l.limit = min(l.limit+1, l.ceiling)
 	case !overloaded:
 		if l.clean++; l.clean >= l.limit && l.limit < l.ceiling {
 			l.limit++
