@@ -2,7 +2,7 @@
 // without losing any of them: the service the examples deploy to
 // Kubernetes (see k8s/).
 //
-//	go run ./examples/server
+//	cd examples/server && go run .
 //	curl -s localhost:8080/v1/generate -d '{"prompt":"hello"}'
 //	curl -sN localhost:8080/v1/generate -d '{"prompt":"hello","stream":true}'
 //
@@ -66,7 +66,7 @@ import (
 
 	"github.com/llmdrain/llmdrain"
 	"github.com/llmdrain/llmdrain/examples/internal/offline"
-	"github.com/llmdrain/llmdrain/examples/server/settings"
+	"github.com/llmdrain/llmdrain/internal/serversettings"
 )
 
 func main() {
@@ -74,7 +74,7 @@ func main() {
 }
 
 func run() int {
-	cfg, err := settings.FromEnv(os.LookupEnv)
+	cfg, err := serversettings.FromEnv(os.LookupEnv)
 	logger := newLogger(os.Stderr, cfg.LogLevel)
 	if err != nil {
 		logger.Error("bad configuration", "error", err)
@@ -116,7 +116,7 @@ func run() int {
 	srv := &http.Server{
 		Handler:           accessLog(logger, mux),
 		ReadHeaderTimeout: cfg.HeaderTimeout,
-		MaxHeaderBytes:    settings.MaxHeaderBytes,
+		MaxHeaderBytes:    serversettings.MaxHeaderBytes,
 		IdleTimeout:       cfg.IdleTimeout,
 		// No ReadTimeout or WriteTimeout: they would cut long streamed
 		// answers. The generator bounds reading each body and each write

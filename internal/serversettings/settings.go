@@ -1,11 +1,14 @@
-// Package settings reads the server example's configuration from its
+// Package serversettings reads the server example's configuration from its
 // environment and states its shutdown timing budget.
 //
-// It is a package of its own so that the Kubernetes manifests' test (in
-// ../k8s, a separate module) checks terminationGracePeriodSeconds with the
-// very code and defaults the server runs with: it feeds the manifest's env
-// to FromEnv and compares the grace period with ShutdownBudget.
-package settings
+// It lives here, in the library's module rather than in examples/server
+// (a module of its own, for its OpenTelemetry dependencies), and is a
+// package of its own so that the Kubernetes manifests' tests (in
+// examples/server/k8s and examples/batch/k8s, separate modules) check
+// terminationGracePeriodSeconds with the very code and defaults the server
+// runs with: they feed the manifest's env to FromEnv and compare the grace
+// period with ShutdownBudget.
+package serversettings
 
 import (
 	"errors"
