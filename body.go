@@ -264,6 +264,9 @@ func (b *trackedBody) Read(p []byte) (int, error) {
 	case b.sse != nil && b.c.wd.Fired():
 		err = fmt.Errorf("%w: no event for %v", ErrStreamStalled, b.c.t.idleTimeout)
 	}
+	if b.c.obs != nil && err != io.EOF {
+		b.c.obs.fail(err)
+	}
 	b.c.release()
 	return n, err
 }

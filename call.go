@@ -64,6 +64,9 @@ type call struct {
 	// closed and dropped first.
 	tracked trackedBody
 	whole   bufferedBody
+
+	// obs observes the call for Config.Hooks; nil without them.
+	obs *callObs
 }
 
 // begin registers req's call with the Tracker (refused with ErrDraining
@@ -71,9 +74,21 @@ type call struct {
 // context. The call must be released unless it is handed over.
 func (t *transport) begin(req *http.Request) (*call, error) {
 	c := &call{t: t, req: req}
-	ctx, tk, err := t.tracker.begin(req.Context(), t.label(req), c)
+	// go-openai asks for an event stream on its streaming endpoints, and
+	// for JSON where it decodes the body whole.
+	accept := req.Header.Get("Accept")
+	c.stream = strings.Contains(accept, "text/event-stream")
+	c.jsonCall = !c.stream && strings.Contains(accept, "application/json")
+	if t.hooks != nil {
+		c.observe()
+	}
+	ctx, tk, err := t.tracker.begin(c.req.Context(), t.label(c.req), c)
 	if err != nil {
-		closeBody(req)
+		closeBody(c.req)
+		if c.obs != nil {
+			c.obs.fail(err)
+			c.obs.done(0)
+		}
 		return nil, err
 	}
 	c.ctx, c.tk = ctx, tk
@@ -84,31 +99,82 @@ func (t *transport) begin(req *http.Request) (*call, error) {
 		c.attempts = int(r.attempts.Load())
 	}
 	if t.sem != nil {
-		if err := t.sem.Acquire(ctx, 1); err != nil {
-			closeBody(req)
+		if err := c.acquire(); err != nil {
+			closeBody(c.req)
+			err = callError(ctx, err)
+			if c.obs != nil {
+				c.obs.fail(err)
+				c.obs.done(0)
+			}
 			t.tracker.finish(tk)
-			return nil, callError(ctx, err)
+			return nil, err
 		}
 		c.sem = t.sem
 	}
-	// go-openai asks for an event stream on its streaming endpoints, and
-	// for JSON where it decodes the body whole.
-	accept := req.Header.Get("Accept")
-	c.stream = strings.Contains(accept, "text/event-stream")
-	c.jsonCall = !c.stream && strings.Contains(accept, "application/json")
-	if c.body, c.getBody, err = rewindable(req); err != nil {
+	if c.body, c.getBody, err = rewindable(c.req); err != nil {
 		c.release()
 		return nil, err
 	}
 	return c, nil
 }
 
+// acquire takes a concurrency slot, bounded by the call's context. With
+// Hooks, a call that has to wait for one tells Waited.
+func (c *call) acquire() error {
+	sem := c.t.sem
+	if c.obs == nil {
+		return sem.Acquire(c.ctx, 1)
+	}
+	if sem.TryAcquire(1) {
+		return nil
+	}
+	start := time.Now()
+	err := sem.Acquire(c.ctx, 1)
+	c.obs.waited(WaitConcurrency, "", time.Since(start))
+	return err
+}
+
+// observe starts the observation of the call for Config.Hooks: what it
+// asks for, read from its body, and, for a streaming chat completion, a
+// body that asks for the usage event as well; then CallStart.
+func (c *call) observe() {
+	req := c.req
+	c.obs = newCallObs(c.t.hooks, req, c.stream, c.t.router.targets[0].base)
+	if req.Method == http.MethodPost && req.GetBody != nil && strings.HasPrefix(req.Header.Get("Content-Type"), "application/json") {
+		if rc, err := req.GetBody(); err == nil {
+			raw, err := io.ReadAll(rc)
+			rc.Close()
+			if err == nil && raw != nil {
+				c.raw = raw // for withModel too: read once
+				c.obs.info.Model = requestModel(raw)
+			}
+		}
+	}
+	if c.raw != nil && c.stream && strings.HasSuffix(req.URL.Path, "/chat/completions") {
+		if body := includeUsage(c.raw); body != nil {
+			// A copy of the request, as a RoundTripper must not change
+			// it; its body, replaced, is closed.
+			r := req.WithContext(req.Context())
+			r.ContentLength = int64(len(body))
+			r.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(body)), nil }
+			r.Body, _ = r.GetBody()
+			closeBody(req)
+			c.req, c.raw, c.obs.injected = r, body, true
+		}
+	}
+	c.obs.started()
+}
+
 // release ends the current attempt, frees the concurrency slot and takes
 // the call off the Tracker, once, whichever of the body's end, its Close
-// or RoundTrip's own failure comes first.
+// or RoundTrip's own failure comes first. CallDone is told first, so a
+// drain waiting for the call ends after it.
 func (c *call) release() {
 	if c.released.Swap(true) {
 		return
+	}
+	if c.obs != nil {
+		c.obs.done(c.attempts)
 	}
 	c.end()
 	if c.sem != nil {
@@ -138,6 +204,9 @@ func (c *call) attempt(tg *target) (*http.Response, error) {
 	}
 	c.attempts++
 	countAttempt(c.ctx)
+	if c.obs != nil {
+		c.obs.target, c.obs.attemptStart = tg.base, time.Now()
+	}
 	actx := c.attemptContext()
 	resp, err := c.t.base.RoundTrip(c.prepare(actx, tg))
 	where := wherePhase(waitHeaders) // the part of the exchange that failed, for a timeout
@@ -147,6 +216,9 @@ func (c *call) attempt(tg *target) (*http.Response, error) {
 			where = waitFirstEvent
 			if err = peekFirstEvent(resp); err == nil {
 				err = c.answered(true)
+			}
+			if err == nil && c.obs != nil {
+				c.obs.ttft = time.Since(c.obs.start)
 			}
 			if err == nil && c.attemptTimer != nil {
 				// The attempt timeout bounds a successful stream up to its
@@ -159,7 +231,9 @@ func (c *call) attempt(tg *target) (*http.Response, error) {
 			// follows is bounded by AttemptTimeout only.
 			if err = c.answered(false); err == nil && ok && c.jsonCall {
 				where = readingBody
-				err = readWhole(resp, &c.whole)
+				if err = readWhole(resp, &c.whole); err == nil && c.obs != nil {
+					c.obs.readAnswer(c.whole.b)
+				}
 			}
 		}
 		if err != nil {
@@ -464,6 +538,12 @@ func (c *call) handOver(resp *http.Response) *http.Response {
 	others := t.router.otherKeys(c.key)
 	body := resp.Body
 	ok := resp.StatusCode/100 == 2
+	if c.obs != nil {
+		c.obs.status = resp.StatusCode
+		if ok && (c.stream || isSSE(resp)) {
+			body = &usageBody{rc: body, o: c.obs, strip: c.obs.injected}
+		}
+	}
 	switch {
 	case resp.StatusCode < 200 || resp.StatusCode >= 400: // go-openai's failure statuses
 		body = &errorBody{rc: body, key: c.key}
@@ -541,11 +621,17 @@ func (c *call) abandon(resp *http.Response, err error) error {
 	return callError(c.ctx, err)
 }
 
-// next ends a failed attempt, to make way for another after wait: its
-// response is read a little (so its connection can be reused) and closed.
-func (c *call) next(resp *http.Response, wait time.Duration) error {
+// next ends a failed attempt, to make way for another after wait (for
+// reason why): its response is read a little (so its connection can be
+// reused) and closed.
+func (c *call) next(resp *http.Response, wait time.Duration, why WaitReason) error {
 	discard(resp)
 	c.end()
+	var start time.Time
+	if c.obs != nil && wait > 0 {
+		start = time.Now()
+		defer func() { c.obs.waited(why, c.obs.target, time.Since(start)) }()
+	}
 	if err := sleep(c.ctx, wait); err != nil {
 		return callError(c.ctx, err)
 	}

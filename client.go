@@ -39,6 +39,8 @@ type Client struct {
 	http    *http.Client
 	tracker *Tracker
 	model   string
+	hooks   *Hooks // nil: none
+	target  string // the first target's base URL, for hooks
 	base    string // primary endpoint, for String
 	// fallbacks prints the fallback targets for String, keys redacted;
 	// empty: none. (A []Target field would show them under %#v: fmt
@@ -61,6 +63,7 @@ func New(cfg Config) (*Client, error) {
 		shouldRetry:    r.ShouldRetry,
 		attemptTimeout: r.AttemptTimeout,
 		logger:         r.Logger,
+		hooks:          r.Hooks,
 		apiError:       envelopeError,
 
 		firstTokenTimeout: r.FirstTokenTimeout,
@@ -68,6 +71,7 @@ func New(cfg Config) (*Client, error) {
 		clock:             watchdog.Real,
 	}
 	tr.router = newRouter(r, nil)
+	r.Tracker.addHooks(r.Hooks)
 	var (
 		origins []origin
 		keys    []secret
@@ -113,6 +117,8 @@ func New(cfg Config) (*Client, error) {
 		http:      hc,
 		tracker:   r.Tracker,
 		model:     r.Model,
+		hooks:     r.Hooks,
+		target:    r.endpoints[0],
 		base:      redactURL(r.endpoints[0]),
 		fallbacks: fallbacks,
 	}, nil
@@ -135,7 +141,14 @@ func newRouter(r resolved, now func() time.Time) *router {
 			tg.authz = []string{string(tg.bearer)}
 		}
 		if len(r.targets) > 1 {
-			tg.breaker = breaker.New(breaker.Policy{Threshold: r.FailoverAfter, Base: r.Cooldown, Max: r.MaxCooldown, Now: now})
+			p := breaker.Policy{Threshold: r.FailoverAfter, Base: r.Cooldown, Max: r.MaxCooldown, Now: now}
+			if h := r.Hooks; h != nil && h.TargetChange != nil {
+				p.OnChange = func(ch breaker.Change) {
+					h.TargetChange(TargetChangeInfo{Target: tg.base, From: targetState(ch.From), To: targetState(ch.To),
+						Ejections: ch.Ejections, Cooldown: ch.Cooldown})
+				}
+			}
+			tg.breaker = breaker.New(p)
 		}
 		if tg.key != "" && !slices.Contains(rt.keys, tg.key) {
 			rt.keys = append(rt.keys, tg.key)
@@ -144,6 +157,17 @@ func newRouter(r resolved, now func() time.Time) *router {
 		rt.targets = append(rt.targets, tg)
 	}
 	return rt
+}
+
+// targetState names a breaker's state as TargetChangeInfo does.
+func targetState(s breaker.State) TargetState {
+	switch s {
+	case breaker.Open:
+		return TargetEjected
+	case breaker.HalfOpen:
+		return TargetProbing
+	}
+	return TargetHealthy
 }
 
 // Chat sends prompt as a single user message to the configured model and
@@ -169,6 +193,9 @@ func (c *Client) Chat(ctx context.Context, prompt string) (string, error) {
 		return "", ErrEmptyPrompt
 	}
 	if c.tracker.Draining() {
+		if c.hooks != nil {
+			refused(c.hooks, CallStartInfo{Operation: OpChat, Model: c.model, Stream: true, Target: c.target})
+		}
 		return "", ErrDraining
 	}
 	req := openai.ChatCompletionRequest{
@@ -207,7 +234,12 @@ func (c *Client) Chat(ctx context.Context, prompt string) (string, error) {
 		if c.retry.logger != nil {
 			c.retry.logger.InfoContext(ctx, "llmdrain: retrying the whole answer", "attempt", attempts, "wait", wait, "reason", err.Error())
 		}
-		if err := sleep(ctx, wait); err != nil {
+		start := time.Now()
+		err = sleep(ctx, wait)
+		if h := c.hooks; h != nil && h.Waited != nil && wait > 0 {
+			h.Waited(WaitInfo{Reason: WaitBackoff, Duration: time.Since(start)})
+		}
+		if err != nil {
 			return "", callError(ctx, err)
 		}
 	}

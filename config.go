@@ -185,6 +185,12 @@ type Config struct {
 	// Tracker registers this client's calls. Nil means a new Tracker of
 	// its own; pass one Tracker to several clients to drain them together.
 	Tracker *Tracker
+	// Hooks are told what the client's calls do (see Hooks), and its
+	// Tracker's drains. Nil means none, at no cost. With Hooks, streaming
+	// chat completions ask for their token usage
+	// (stream_options.include_usage): the stream then ends with an event
+	// whose choices are empty.
+	Hooks *Hooks
 }
 
 // String describes the config with the API keys redacted.

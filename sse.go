@@ -591,3 +591,110 @@ func encodeObject(obj map[string]any, errFirst bool) ([]byte, error) {
 	out.WriteByte('}')
 	return out.Bytes(), nil
 }
+
+// maxUsageLine bounds the line a usageBody holds to look at it whole: a
+// usage event, or a first chunk, is far below it. A longer line is passed
+// on unread.
+const maxUsageLine = 64 << 10
+
+// usageBody is the body of a successful stream of a call with Hooks, under
+// every other: it reads the model of the stream's first data event and
+// the usage of its usage event (the last one to carry a "usage" object),
+// and, with strip, takes out of the stream the usage event that llmdrain
+// asked for on the caller's behalf (see includeUsage), as its empty
+// choices could surprise a caller that did not ask for it. Every other
+// line is passed on as it came, once whole.
+type usageBody struct {
+	rc    io.ReadCloser
+	o     *callObs
+	strip bool
+	buf   []byte // buf[r:w] is read from rc and not passed on
+	r, w  int
+	clear int   // buf[r:clear] is judged, to pass on
+	err   error // rc's, once buf is passed on
+	model bool  // the model was looked for
+}
+
+func (u *usageBody) Read(p []byte) (int, error) {
+	for {
+		if u.r < u.clear {
+			n := copy(p, u.buf[u.r:u.clear])
+			u.r += n
+			return n, nil
+		}
+		if i := bytes.IndexByte(u.buf[u.r:u.w], '\n'); i >= 0 {
+			end := u.r + i + 1
+			if u.look(u.buf[u.r:end]) {
+				u.r = end // taken out
+				continue
+			}
+			u.clear = end
+			continue
+		}
+		switch {
+		case u.w-u.r >= maxUsageLine, u.err != nil && u.r < u.w:
+			u.clear = u.w // a line too long to hold, or the last one
+			continue
+		case u.err != nil:
+			return 0, u.err
+		}
+		u.fill()
+	}
+}
+
+func (u *usageBody) Close() error { return u.rc.Close() }
+
+// fill reads more of rc into buf, making room first.
+func (u *usageBody) fill() {
+	if u.r > 0 {
+		n := copy(u.buf, u.buf[u.r:u.w])
+		u.clear -= u.r
+		u.r, u.w = 0, n
+	}
+	if u.w == len(u.buf) {
+		u.buf = append(u.buf, make([]byte, max(len(u.buf), 4<<10))...)
+	}
+	for range maxEmptyReads {
+		n, err := u.rc.Read(u.buf[u.w:])
+		u.w += n
+		if err != nil {
+			u.err = err
+			return
+		}
+		if n > 0 {
+			return
+		}
+	}
+	u.err = io.ErrNoProgress
+}
+
+// look reads what it needs of a whole line, and reports whether the line
+// is to be taken out of the stream.
+func (u *usageBody) look(line []byte) bool {
+	payload, isData := cutData(bytes.TrimSpace(line))
+	if !isData || !objectShaped(payload) {
+		return false
+	}
+	if !u.model {
+		u.model = true
+		if m, ok := modelOf(payload); ok {
+			u.o.mu.Lock()
+			u.o.respModel = m
+			u.o.mu.Unlock()
+		}
+	}
+	if !bytes.Contains(payload, []byte(`"usage":{`)) && !bytes.Contains(payload, []byte(`"usage": {`)) {
+		return false
+	}
+	var ev struct {
+		Choices []json.RawMessage `json:"choices"`
+		Usage   *usageJSON        `json:"usage"`
+	}
+	if json.Unmarshal(payload, &ev) != nil || ev.Usage == nil {
+		return false
+	}
+	u.o.mu.Lock()
+	u.o.usage = ev.Usage.usage()
+	u.o.mu.Unlock()
+	return u.strip && len(ev.Choices) == 0
+}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -62,6 +63,13 @@ type Tracker struct {
 	forced    chan struct{} // closed once a forced drain has its verdict
 	forcing   bool
 	forcedErr error
+
+	// hooks are the Hooks of the clients using the Tracker, told of its
+	// drain: started at the first Drain, and done once when its verdict
+	// is known. Guarded by mu.
+	hooks        []*Hooks
+	drainStarted time.Time // zero until the first Drain
+	drainDone    bool
 
 	// hook, nil outside tests, is called at the points where a Begin and
 	// a forced drain can interleave, so that a test can hold one there.
@@ -299,6 +307,73 @@ func (t *Tracker) drainDeadline() (time.Time, bool) {
 // otherwise each returns nil when nothing is in flight. Draining is final: a
 // drained Tracker never admits calls again.
 func (t *Tracker) Drain(ctx context.Context) error {
+	err := t.drain(ctx)
+	t.drainEnded(err)
+	return err
+}
+
+// addHooks registers h, a client's, to be told of drains; once per Hooks.
+func (t *Tracker) addHooks(h *Hooks) {
+	if h == nil || h.DrainStart == nil && h.DrainDone == nil {
+		return
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if !slices.Contains(t.hooks, h) {
+		t.hooks = append(t.hooks, h)
+	}
+}
+
+// drainBegan tells DrainStart to the registered Hooks if this is the
+// first drain; draining is already set, so the count is of the calls it
+// waits for.
+func (t *Tracker) drainBegan() {
+	t.mu.Lock()
+	if !t.drainStarted.IsZero() {
+		t.mu.Unlock()
+		return
+	}
+	t.drainStarted = time.Now()
+	hooks := t.hooks
+	t.mu.Unlock()
+	if len(hooks) == 0 {
+		return
+	}
+	info := DrainStartInfo{InFlight: t.InFlight()}
+	for _, h := range hooks {
+		if h.DrainStart != nil {
+			h.DrainStart(info)
+		}
+	}
+}
+
+// drainEnded tells DrainDone to the registered Hooks, once, with err, the
+// verdict every Drain returns.
+func (t *Tracker) drainEnded(err error) {
+	t.mu.Lock()
+	if t.drainDone || len(t.hooks) == 0 {
+		t.drainDone = true
+		t.mu.Unlock()
+		return
+	}
+	t.drainDone = true
+	hooks, started := t.hooks, t.drainStarted
+	t.mu.Unlock()
+	info := DrainDoneInfo{Duration: time.Since(started), Err: err}
+	var fe *ForcedDrainError
+	errors.As(err, &fe)
+	for _, h := range hooks {
+		if h.DrainDone != nil {
+			if fe != nil {
+				info.Forced = slices.Clone(fe.Stragglers) // each hook's to keep
+			}
+			h.DrainDone(info)
+		}
+	}
+}
+
+// drain is Drain but for its hooks.
+func (t *Tracker) drain(ctx context.Context) error {
 	t.mu.Lock()
 	if t.idle == nil {
 		t.idle = make(chan struct{})
@@ -315,6 +390,7 @@ func (t *Tracker) Drain(ctx context.Context) error {
 	t.mu.Unlock()
 
 	t.draining.Store(true)
+	t.drainBegan()
 	if t.InFlight() == 0 {
 		t.signalIdle()
 	}

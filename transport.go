@@ -1,6 +1,7 @@
 package llmdrain
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"log/slog"
@@ -59,6 +60,7 @@ type transport struct {
 	idleTimeout       time.Duration
 	clock             watchdog.Clock
 	logger            *slog.Logger // nil: silent
+	hooks             *Hooks       // nil: no events, and no per-call observation
 
 	// go-openai is given no API key: the call sets the Authorization
 	// header itself, on attempts at a target's origin only (see
@@ -72,7 +74,7 @@ type transport struct {
 	labels atomic.Pointer[map[labelKey]string] // see label
 }
 
-func (t *transport) RoundTrip(req *http.Request) (*http.Response, error) {
+func (t *transport) RoundTrip(req *http.Request) (_ *http.Response, err error) {
 	c, err := t.begin(req)
 	if err != nil {
 		return nil, err
@@ -92,6 +94,9 @@ func (t *transport) RoundTrip(req *http.Request) (*http.Response, error) {
 			permit.Cancel()
 		}
 		if !handedOver {
+			if c.obs != nil {
+				c.obs.fail(cmp.Or(err, errPanicked))
+			}
 			c.release()
 		}
 	}()
@@ -111,27 +116,34 @@ func (t *transport) RoundTrip(req *http.Request) (*http.Response, error) {
 		t.router.record(&c.route, tg, permit, o)
 		switch o {
 		case abandoned: // the caller gave up or the drain forced: never retried
+			c.obs.attempted(c.attempts, resp, err, o, false, "")
 			return nil, c.abandon(resp, err)
 		case fatal:
+			c.obs.attempted(c.attempts, resp, err, o, false, "")
 			return nil, err
 		case healthy:
 			if long && t.router.moveLong(&c.route, tg) {
+				c.obs.attempted(c.attempts, resp, err, o, true, "context_length")
 				t.log(c.ctx, "llmdrain: too long for the target, moving to a long-context one", "attempt", c.attempts, "endpoint", tg.host())
-				if err := c.next(resp, 0); err != nil {
+				if err := c.next(resp, 0, ""); err != nil {
 					return nil, err
 				}
 				continue
 			}
+			c.obs.attempted(c.attempts, resp, err, o, false, "")
 			handedOver = true
 			return c.handOver(resp), nil
 		}
 		if o == silent && !t.router.left(&c.route) {
 			// Every target had its one wait for this call.
+			c.obs.attempted(c.attempts, resp, err, o, false, "")
 			resp, err = c.giveUp(resp, err, &stop{why: "no target answered in time"})
 			handedOver = err == nil
 			return resp, err
 		}
-		wait, st := t.policy.decide(time.Now(), c.attempts, resp, &c.backoff, c.deadline())
+		now := time.Now()
+		wait, st := t.policy.decide(now, c.attempts, resp, &c.backoff, c.deadline())
+		c.obs.attempted(c.attempts, resp, err, o, st == nil, "")
 		if st != nil {
 			resp, err = c.giveUp(resp, err, st)
 			handedOver = err == nil
@@ -141,11 +153,26 @@ func (t *transport) RoundTrip(req *http.Request) (*http.Response, error) {
 			wait = 0 // the timeout was the wait; the next target is another
 		}
 		t.log(c.ctx, "llmdrain: retrying", "attempt", c.attempts, "wait", wait, "endpoint", tg.host(), "reason", reason(resp, err))
-		if err := c.next(resp, wait); err != nil {
+		if err := c.next(resp, wait, waitReason(resp, wait, now)); err != nil {
 			return nil, err
 		}
 	}
 }
+
+// waitReason says whether a wait of wait after resp is the backoff's or
+// the server's: the server's when it asked for at least as long.
+func waitReason(resp *http.Response, wait time.Duration, now time.Time) WaitReason {
+	if resp != nil {
+		if hint, ok := retryAfter(resp.Header, now); ok && hint >= wait {
+			return WaitRetryAfter
+		}
+	}
+	return WaitBackoff
+}
+
+// errPanicked is the error a call's CallDone reports when the call ended
+// in a panic (in the caller's ShouldRetry, Backoff or Logger, or a hook).
+var errPanicked = errors.New("llmdrain: call ended in a panic")
 
 // errNoTarget ends a call that has no target left; RoundTrip ends such a
 // call before it asks for one.

@@ -58,6 +58,21 @@ type Policy struct {
 	Max time.Duration
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
+	// OnChange, if set, is told of every change of state, after the
+	// breaker's lock is released: a slow OnChange slows the attempt that
+	// made the change, never the others. Changes made at once by
+	// different attempts may be told out of order.
+	OnChange func(Change)
+}
+
+// Change describes a move of a breaker from one state to another.
+type Change struct {
+	From, To State
+	// Ejections is the ejections in a row, counting this one when To is
+	// Open.
+	Ejections int
+	// Cooldown is how long the breaker stays open; 0 unless To is Open.
+	Cooldown time.Duration
 }
 
 // Breaker is one target's circuit breaker; see the package comment. It is
@@ -66,6 +81,7 @@ type Breaker struct {
 	threshold int
 	base, max time.Duration
 	now       func() time.Time
+	onChange  func(Change)
 
 	mu        sync.Mutex
 	state     State
@@ -80,7 +96,7 @@ type Breaker struct {
 
 // New returns a closed breaker with policy p.
 func New(p Policy) *Breaker {
-	b := &Breaker{threshold: max(p.Threshold, 1), base: p.Base, max: max(p.Max, p.Base), now: p.Now}
+	b := &Breaker{threshold: max(p.Threshold, 1), base: p.Base, max: max(p.Max, p.Base), now: p.Now, onChange: p.OnChange}
 	if b.now == nil {
 		b.now = time.Now
 	}
@@ -113,9 +129,11 @@ func (b *Breaker) Allow() (Permit, bool) {
 		return Permit{}, true
 	}
 	b.mu.Lock()
+	var ch *Change
+	defer b.notify(&ch)
 	defer b.mu.Unlock()
 	if b.state == Open && !b.now().Before(b.until) {
-		b.set(HalfOpen)
+		ch = b.set(HalfOpen)
 	}
 	switch b.state {
 	case Closed:
@@ -179,6 +197,8 @@ func (p Permit) Success() (closed bool) {
 		return false
 	}
 	b.mu.Lock()
+	var ch *Change
+	defer b.notify(&ch)
 	defer b.mu.Unlock()
 	if p.gen != b.gen {
 		return false
@@ -189,7 +209,7 @@ func (p Permit) Success() (closed bool) {
 		return false
 	default:
 		b.closedAt = b.now()
-		b.set(Closed)
+		ch = b.set(Closed)
 		return true
 	}
 }
@@ -203,6 +223,8 @@ func (p Permit) Failure() (cooldown time.Duration, opened bool) {
 		return 0, false
 	}
 	b.mu.Lock()
+	var ch *Change
+	defer b.notify(&ch)
 	defer b.mu.Unlock()
 	if p.gen != b.gen {
 		return 0, false
@@ -222,7 +244,9 @@ func (p Permit) Failure() (cooldown time.Duration, opened bool) {
 	}
 	d := min(time.Duration(b.ejections)*b.base, b.max)
 	b.openedAt, b.until = now, now.Add(d)
-	b.set(Open)
+	if ch = b.set(Open); ch != nil {
+		ch.Cooldown = d
+	}
 	return d, true
 }
 
@@ -241,10 +265,28 @@ func (p Permit) Cancel() {
 	}
 }
 
-// set moves the breaker to s, ending every permit given before.
-func (b *Breaker) set(s State) {
+// set moves the breaker to s, ending every permit given before. It
+// returns the change for notify, nil without OnChange: none is made then.
+func (b *Breaker) set(s State) *Change {
+	from := b.state
 	b.state = s
 	b.gen++
 	b.fails = 0
 	b.probing = false
+	if b.onChange == nil {
+		return nil
+	}
+	ch := &Change{From: from, To: s}
+	if s != Closed {
+		ch.Ejections = b.ejections
+	}
+	return ch
+}
+
+// notify tells OnChange of *ch, if any; deferred before the unlock, so
+// run after it.
+func (b *Breaker) notify(ch **Change) {
+	if *ch != nil {
+		b.onChange(**ch)
+	}
 }

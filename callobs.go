@@ -1,0 +1,354 @@
+package llmdrain
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	openai "github.com/sashabaranov/go-openai"
+)
+
+// callObs is what one call observes for its Hooks: when it began, what it
+// asked for, and what came back. A call without Hooks has none (nil), and
+// every use of it is behind that nil check, so calls without Hooks pay
+// nothing for them.
+//
+// Its fields are written by the call's goroutine (RoundTrip), then, under
+// mu, by the goroutine reading the response body, while another may close
+// it, which tells CallDone.
+type callObs struct {
+	h     *Hooks
+	start time.Time
+	info  CallStartInfo
+
+	mu sync.Mutex // guards what the body's readers write: usage, respModel, err
+
+	target       string    // the current attempt's target
+	attemptStart time.Time // the current attempt's start
+	status       int       // the status handed over; 0: none
+	err          error     // the call's error, nil until one is known
+	ttft         time.Duration
+	usage        Usage
+	respModel    string
+	// injected: the call asked for stream_options.include_usage on its
+	// caller's behalf, and takes the usage event out of the stream.
+	injected bool
+}
+
+// newCallObs starts the observation of req's call, or returns nil without
+// Hooks.
+func newCallObs(h *Hooks, req *http.Request, stream bool, target string) *callObs {
+	if h == nil {
+		return nil
+	}
+	return &callObs{h: h, start: time.Now(), info: CallStartInfo{
+		Operation: operation(req.URL.Path),
+		Stream:    stream,
+		Target:    target,
+	}}
+}
+
+// started tells CallStart.
+func (o *callObs) started() {
+	if o.h.CallStart != nil {
+		o.h.CallStart(o.info)
+	}
+}
+
+// refused tells h of a call refused with ErrDraining before it reached
+// the transport: started and done at once, as the transport tells those it
+// refuses.
+func refused(h *Hooks, info CallStartInfo) {
+	if h.CallStart != nil {
+		h.CallStart(info)
+	}
+	if h.CallDone != nil {
+		h.CallDone(CallDoneInfo{CallStartInfo: info, Err: ErrDraining, ErrorType: errorType(ErrDraining)})
+	}
+}
+
+// fail records err as the call's error, if it has none yet.
+func (o *callObs) fail(err error) {
+	o.mu.Lock()
+	if o.err == nil && err != nil {
+		o.err = err
+	}
+	o.mu.Unlock()
+}
+
+// done tells CallDone; the call's release calls it once.
+func (o *callObs) done(attempts int) {
+	if o.h.CallDone == nil {
+		return
+	}
+	o.mu.Lock()
+	err := o.err
+	if err == nil && o.status >= 400 {
+		err = &statusError{code: o.status}
+	}
+	info := CallDoneInfo{
+		CallStartInfo:    o.info,
+		ResponseModel:    o.respModel,
+		Target:           o.target,
+		Err:              err,
+		ErrorType:        errorType(err),
+		Duration:         time.Since(o.start),
+		TimeToFirstChunk: o.ttft,
+		Attempts:         attempts,
+		Usage:            o.usage,
+	}
+	o.mu.Unlock()
+	o.h.CallDone(info)
+}
+
+// attempted tells AttemptDone of the attempt that ended with resp or err,
+// judged o.
+func (o *callObs) attempted(n int, resp *http.Response, err error, oc outcome, retry bool, reason string) {
+	if o == nil || o.h.AttemptDone == nil {
+		return
+	}
+	status := 0
+	if resp != nil {
+		status = resp.StatusCode
+	}
+	if reason == "" {
+		reason = attemptReason(status, err)
+	}
+	o.h.AttemptDone(AttemptInfo{
+		Target:   o.target,
+		Attempt:  n,
+		Status:   status,
+		Outcome:  oc.String(),
+		Err:      err,
+		Duration: time.Since(o.attemptStart),
+		Retry:    retry,
+		Reason:   reason,
+	})
+}
+
+// waited tells Waited of a wait that took d.
+func (o *callObs) waited(why WaitReason, target string, d time.Duration) {
+	if o.h.Waited != nil {
+		o.h.Waited(WaitInfo{Reason: why, Target: target, Duration: d})
+	}
+}
+
+// statusError is CallDoneInfo.Err for a call handed over with an error
+// status: go-openai makes its *openai.APIError of the body, after the call.
+type statusError struct{ code int }
+
+func (e *statusError) Error() string {
+	return fmt.Sprintf("llmdrain: answered with status %d %s", e.code, http.StatusText(e.code))
+}
+
+// operation names the kind of endpoint of path, as
+// CallStartInfo.Operation does.
+func operation(path string) string {
+	switch {
+	case strings.HasSuffix(path, "/chat/completions"):
+		return OpChat
+	case strings.HasSuffix(path, "/completions"):
+		return OpTextCompletion
+	case strings.HasSuffix(path, "/embeddings"):
+		return OpEmbeddings
+	}
+	return OpOther
+}
+
+// attemptReason names why an attempt that ended with status or err failed,
+// "" if it did not.
+func attemptReason(status int, err error) string {
+	switch {
+	case err != nil:
+		switch {
+		case errors.Is(err, ErrForcedShutdown):
+			return "forced_shutdown"
+		case errors.Is(err, errFirstTokenTimeout):
+			return "first_token_timeout"
+		case errors.Is(err, context.Canceled):
+			return "canceled"
+		case errors.Is(err, context.DeadlineExceeded):
+			return "timeout"
+		case errors.Is(err, errNoFirstEvent):
+			return "stream_cut"
+		}
+		return "connection"
+	case status == http.StatusTooManyRequests:
+		return "429"
+	case status >= 500:
+		return "5xx"
+	case status >= 400:
+		return "4xx"
+	}
+	return ""
+}
+
+// errorType names err for CallDoneInfo.ErrorType: a short word from a
+// small set, fit for a metric's attribute.
+func errorType(err error) string {
+	var (
+		se  *statusError
+		ne  net.Error
+		ote *net.OpError
+	)
+	switch {
+	case err == nil:
+		return ""
+	case errors.As(err, &se):
+		return strconv.Itoa(se.code)
+	case errors.Is(err, ErrDraining):
+		return "draining"
+	case errors.Is(err, ErrForcedShutdown):
+		return "forced_shutdown"
+	case errors.Is(err, ErrStreamStalled):
+		return "stream_stalled"
+	case errors.Is(err, ErrMalformedEvent):
+		return "malformed_event"
+	case errors.Is(err, ErrNotAStream):
+		return "not_a_stream"
+	case errors.Is(err, context.Canceled):
+		return "canceled"
+	case errors.Is(err, context.DeadlineExceeded):
+		return "timeout"
+	case errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, errNoFirstEvent):
+		return "stream_cut"
+	case errors.As(err, &ote):
+		return "connection"
+	case errors.As(err, &ne) && ne.Timeout():
+		return "timeout"
+	}
+	var ae *openai.APIError
+	if errors.As(err, &ae) {
+		if ae.HTTPStatusCode >= 400 {
+			return strconv.Itoa(ae.HTTPStatusCode)
+		}
+		return "api_error" // an error in a successful answer
+	}
+	var re *RetryError
+	if errors.As(err, &re) {
+		return "connection" // a failure without a response: the link
+	}
+	return "other"
+}
+
+// Usage as the API spells it.
+type usageJSON struct {
+	PromptTokens        int `json:"prompt_tokens"`
+	CompletionTokens    int `json:"completion_tokens"`
+	PromptTokensDetails *struct {
+		CachedTokens int `json:"cached_tokens"`
+	} `json:"prompt_tokens_details"`
+}
+
+func (u *usageJSON) usage() Usage {
+	us := Usage{InputTokens: u.PromptTokens, OutputTokens: u.CompletionTokens, Known: true}
+	if u.PromptTokensDetails != nil {
+		us.CachedInputTokens = u.PromptTokensDetails.CachedTokens
+	}
+	return us
+}
+
+// readAnswer takes the model and usage of a JSON answer read whole.
+// Rather than decode the whole answer (go-openai does that next), it
+// looks for the two keys: a key quoted in a string of the answer is
+// escaped, \"model\", and is skipped.
+func (o *callObs) readAnswer(body []byte) {
+	if m, ok := modelOf(body); ok {
+		o.respModel = m
+	}
+	// The usage comes last in OpenAI's answers: looked for from the end.
+	if v := jsonValue(body, `"usage":`, true); v != nil && len(v) > 0 && v[0] == '{' {
+		var u usageJSON
+		if json.Unmarshal(v, &u) == nil {
+			o.usage = u.usage()
+		}
+	}
+}
+
+// modelOf returns the string value of the first unescaped "model" key of
+// a JSON document.
+func modelOf(b []byte) (string, bool) {
+	var m string
+	v := jsonValue(b, `"model":`, false)
+	return m, v != nil && json.Unmarshal(v, &m) == nil
+}
+
+// jsonValue returns the JSON value that follows the first (or, with last,
+// the last) unescaped occurrence of key in b, nil if there is none or it
+// does not decode.
+func jsonValue(b []byte, key string, last bool) json.RawMessage {
+	k := []byte(key)
+	for rest := b; ; {
+		var i int
+		if last {
+			i = bytes.LastIndex(rest, k)
+		} else {
+			i = bytes.Index(rest, k)
+		}
+		if i < 0 {
+			return nil
+		}
+		if i > 0 && rest[i-1] == '\\' {
+			if last {
+				rest = rest[:i]
+			} else {
+				rest = rest[i+len(k):]
+			}
+			continue
+		}
+		var v json.RawMessage
+		dec := json.NewDecoder(bytes.NewReader(rest[i+len(k):]))
+		if dec.Decode(&v) != nil {
+			return nil
+		}
+		return v
+	}
+}
+
+// requestModel returns the model a JSON request body names, "" if none.
+func requestModel(body []byte) string {
+	if rest, ok := bytes.CutPrefix(body, []byte(`{"model":"`)); ok {
+		// go-openai's encoding, the model first: told without a decoder
+		// unless it has escapes.
+		if i := bytes.IndexByte(rest, '"'); i >= 0 && bytes.IndexByte(rest[:i], '\\') < 0 {
+			return string(rest[:i])
+		}
+	}
+	var m string
+	if v := jsonValue(body, `"model":`, false); v != nil && json.Unmarshal(v, &m) == nil {
+		return m
+	}
+	return ""
+}
+
+// includeUsage returns body, a streaming chat completion request, asking
+// for the usage event (stream_options.include_usage), or nil if it needs
+// no change: it says something of stream_options already (the caller's
+// choice stands), or is no JSON object.
+func includeUsage(body []byte) []byte {
+	if bytes.Contains(body, []byte(`"stream_options"`)) {
+		return nil
+	}
+	end := bytes.LastIndexByte(body, '}')
+	if end < 0 || !json.Valid(body) {
+		return nil
+	}
+	head := bytes.TrimRight(body[:end], " \t\r\n")
+	sep := ","
+	if len(head) > 0 && head[len(head)-1] == '{' {
+		sep = ""
+	}
+	out := make([]byte, 0, len(body)+40)
+	out = append(out, head...)
+	out = append(out, sep+`"stream_options":{"include_usage":true}`...)
+	return append(out, body[end:]...)
+}
