@@ -212,7 +212,7 @@ func newRecorder(m metric.Meter, o options) (*recorder, error) {
 	r.ejections, err = m.Int64Counter("llmdrain.target.ejections", metric.WithUnit("{ejection}"),
 		metric.WithDescription("Targets taken out of rotation by their breaker."))
 	check(err)
-	r.targetState, err = m.Int64Gauge("llmdrain.target.state", metric.WithUnit("1"),
+	r.targetState, err = m.Int64Gauge("llmdrain.target.state",
 		metric.WithDescription("1 for the state a target is in (healthy, ejected, probing), 0 for the states it left."))
 	check(err)
 	if err := errors.Join(errs...); err != nil {

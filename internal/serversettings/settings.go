@@ -34,6 +34,9 @@ const (
 	EnvBodyTimeout     = "BODY_TIMEOUT"
 	EnvWriteTimeout    = "WRITE_TIMEOUT"
 	EnvIdleTimeout     = "IDLE_TIMEOUT"
+
+	EnvMetricsAddr   = "METRICS_ADDR"
+	EnvMetricsLinger = "METRICS_LINGER"
 )
 
 // Defaults for unset variables.
@@ -65,6 +68,8 @@ const (
 	DefaultWriteTimeout = 10 * time.Second
 	// DefaultIdleTimeout closes a keep-alive connection idle this long.
 	DefaultIdleTimeout = 60 * time.Second
+	// DefaultMetricsLinger is 0: /metrics closes when the process exits.
+	DefaultMetricsLinger = 0 * time.Second
 )
 
 // MaxHeaderBytes bounds a request's headers: 16 KiB is far above what a
@@ -115,6 +120,16 @@ type Settings struct {
 	// HeaderTimeout, BodyTimeout, WriteTimeout and IdleTimeout bound the
 	// phases of a client's exchange; see the Default* constants.
 	HeaderTimeout, BodyTimeout, WriteTimeout, IdleTimeout time.Duration
+
+	// MetricsAddr is the listen address of /metrics, for Prometheus; ""
+	// (the default) serves none. A listener of its own, so that the main
+	// port can drain while Prometheus still scrapes.
+	MetricsAddr string
+	// MetricsLinger is how long /metrics stays up once the drain is over,
+	// so that Prometheus scrapes its outcome (in flight back to 0, the
+	// drain recorded) before the process exits: more than one scrape
+	// interval. 0 exits at once.
+	MetricsLinger time.Duration
 }
 
 // FromEnv reads the settings through lookup (os.LookupEnv in the server)
@@ -130,6 +145,9 @@ func FromEnv(lookup func(string) (string, bool)) (Settings, error) {
 	var errs []error
 	if v, ok := lookup(EnvAddr); ok && v != "" {
 		s.Addr = v
+	}
+	if v, ok := lookup(EnvMetricsAddr); ok && v != "" {
+		s.MetricsAddr = v
 	}
 	duration := func(name string, dst *time.Duration, positive bool) {
 		v, ok := lookup(name)
@@ -152,6 +170,7 @@ func FromEnv(lookup func(string) (string, bool)) (Settings, error) {
 	duration(EnvBodyTimeout, &s.BodyTimeout, true)
 	duration(EnvWriteTimeout, &s.WriteTimeout, true)
 	duration(EnvIdleTimeout, &s.IdleTimeout, true)
+	duration(EnvMetricsLinger, &s.MetricsLinger, false)
 	count := func(name string, set func(int64)) {
 		v, ok := lookup(name)
 		if !ok || v == "" {
@@ -188,9 +207,9 @@ func FromEnv(lookup func(string) (string, bool)) (Settings, error) {
 
 // ShutdownBudget is the longest the server can take to exit once its pod
 // starts terminating: preStop (the hook, run before SIGTERM is sent), then
-// DrainDelay, then DrainTimeout, then ExitGrace. A Kubernetes
+// DrainDelay, then DrainTimeout, then MetricsLinger, then ExitGrace. A Kubernetes
 // terminationGracePeriodSeconds must be at least this plus MinMargin, or
 // the kubelet's SIGKILL cuts the requests the drain was waiting for.
 func (s Settings) ShutdownBudget(preStop time.Duration) time.Duration {
-	return preStop + s.DrainDelay + s.DrainTimeout + ExitGrace
+	return preStop + s.DrainDelay + s.DrainTimeout + s.MetricsLinger + ExitGrace
 }
