@@ -22,6 +22,7 @@ import (
 // Prometheus' format, on a listener of its own. A nil one is off.
 type metricsServer struct {
 	Hooks    *llmdrain.Hooks
+	Addr     string // where /metrics is served
 	srv      *http.Server
 	served   chan struct{}
 	provider *sdkmetric.MeterProvider
@@ -53,6 +54,7 @@ func startMetrics(addr string, logger *slog.Logger) (*metricsServer, error) {
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{ErrorLog: slog.NewLogLogger(logger.Handler(), slog.LevelWarn)}))
 	m := &metricsServer{
 		Hooks:    hooks,
+		Addr:     ln.Addr().String(),
 		srv:      &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second, ErrorLog: slog.NewLogLogger(logger.Handler(), slog.LevelWarn)},
 		served:   make(chan struct{}),
 		provider: provider,
@@ -64,7 +66,7 @@ func startMetrics(addr string, logger *slog.Logger) (*metricsServer, error) {
 			logger.Error("metrics server failed", "error", err)
 		}
 	}()
-	logger.Info("serving metrics", "addr", ln.Addr().String(), "path", "/metrics")
+	logger.Info("serving metrics", "addr", m.Addr, "path", "/metrics")
 	return m, nil
 }
 

@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -100,6 +101,10 @@ func TestPrometheusScrape(t *testing.T) {
 		{"output tokens as billed", last(`gen_ai_client_token_usage_sum{gen_ai_token_type="output"}`), float64(st.CompletionTokens)},
 	} {
 		prom.waitFor(t, c.what, c.expr, func(v float64) bool { return v == c.want })
+	}
+	// Every query of the Grafana dashboard is one Prometheus accepts.
+	for _, q := range dashboardQueries(t) {
+		assert.NoError(t, prom.valid(strings.ReplaceAll(q, "$__rate_interval", "1m")), "dashboard query %s", q)
 	}
 	t.Logf("%d calls, %d streamed, %d input and %d output tokens, as Prometheus and the fake LLM both count them",
 		st.Succeeded, st.Streams, st.PromptTokens, st.CompletionTokens)
@@ -213,6 +218,23 @@ func (p *promServer) query(expr string) (v float64, ok bool, err error) {
 	default:
 		return 0, false, fmt.Errorf("query %s: %d series, want one number", expr, len(out.Data.Result))
 	}
+}
+
+// valid runs the query and returns Prometheus' error, if any.
+func (p *promServer) valid(expr string) error {
+	resp, err := p.client.Get(p.url + "/api/v1/query?query=" + url.QueryEscape(expr))
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	var out struct{ Status, Error string }
+	if err := json.NewDecoder(resp.Body).Decode(&out); err != nil {
+		return err
+	}
+	if out.Status != "success" {
+		return fmt.Errorf("%s: %s", out.Status, out.Error)
+	}
+	return nil
 }
 
 // waitFor polls the query until its number satisfies ok, and fails the
