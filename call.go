@@ -102,11 +102,12 @@ func (t *transport) begin(req *http.Request) (*call, error) {
 		if err := c.acquire(); err != nil {
 			closeBody(c.req)
 			err = callError(ctx, err)
+			defer t.tracker.finish(tk) // after CallDone, even if a hook panics
 			if c.obs != nil {
+				c.obs.waitedSlot()
 				c.obs.fail(err)
 				c.obs.done(0)
 			}
-			t.tracker.finish(tk)
 			return nil, err
 		}
 		c.sem = t.sem
@@ -119,7 +120,8 @@ func (t *transport) begin(req *http.Request) (*call, error) {
 }
 
 // acquire takes a concurrency slot, bounded by the call's context. With
-// Hooks, a call that has to wait for one tells Waited.
+// Hooks, a call that has to wait for one notes how long, for Waited, told
+// where a panicking hook cannot leave the call held.
 func (c *call) acquire() error {
 	sem := c.t.sem
 	if c.obs == nil {
@@ -130,7 +132,7 @@ func (c *call) acquire() error {
 	}
 	start := time.Now()
 	err := sem.Acquire(c.ctx, 1)
-	c.obs.waited(WaitConcurrency, "", time.Since(start))
+	c.obs.slotWait = max(time.Since(start), 1)
 	return err
 }
 
@@ -142,11 +144,11 @@ func (c *call) observe() {
 	c.obs = newCallObs(c.t.hooks, req, c.stream, c.t.router.targets[0].base)
 	if req.Method == http.MethodPost && req.GetBody != nil && strings.HasPrefix(req.Header.Get("Content-Type"), "application/json") {
 		if rc, err := req.GetBody(); err == nil {
-			raw, err := io.ReadAll(rc)
+			raw, err := readBody(rc, req.ContentLength)
 			rc.Close()
 			if err == nil && raw != nil {
 				c.raw = raw // for withModel too: read once
-				c.obs.info.Model = requestModel(raw)
+				c.obs.info.Model = requestModel(raw, c.t.model)
 			}
 		}
 	}
@@ -165,6 +167,23 @@ func (c *call) observe() {
 	c.obs.started()
 }
 
+// readBody reads rc whole, in one allocation when n, its length, is known.
+func readBody(rc io.Reader, n int64) ([]byte, error) {
+	if n < 0 || n > maxWholeBody {
+		return io.ReadAll(rc)
+	}
+	b := make([]byte, n+1) // room to see the end
+	k, err := io.ReadFull(rc, b)
+	switch err {
+	case io.ErrUnexpectedEOF, io.EOF:
+		return b[:k], nil
+	case nil: // longer than said
+		rest, err := io.ReadAll(rc)
+		return append(b, rest...), err
+	}
+	return nil, err
+}
+
 // release ends the current attempt, frees the concurrency slot and takes
 // the call off the Tracker, once, whichever of the body's end, its Close
 // or RoundTrip's own failure comes first. CallDone is told first, so a
@@ -174,8 +193,15 @@ func (c *call) release() {
 		return
 	}
 	if c.obs != nil {
+		defer c.free() // even if CallDone panics
 		c.obs.done(c.attempts)
+		return
 	}
+	c.free()
+}
+
+// free is what release gives back.
+func (c *call) free() {
 	c.end()
 	if c.sem != nil {
 		c.sem.Release(1)

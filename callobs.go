@@ -37,6 +37,7 @@ type callObs struct {
 	status       int       // the status handed over; 0: none
 	err          error     // the call's error, nil until one is known
 	ttft         time.Duration
+	slotWait     time.Duration // the wait for a concurrency slot, not told yet; 0: none
 	usage        Usage
 	respModel    string
 	// injected: the call asked for stream_options.include_usage on its
@@ -135,6 +136,15 @@ func (o *callObs) attempted(n int, resp *http.Response, err error, oc outcome, r
 	})
 }
 
+// waitedSlot tells Waited of the wait for a concurrency slot, if there
+// was one.
+func (o *callObs) waitedSlot() {
+	if o != nil && o.slotWait > 0 {
+		o.waited(WaitConcurrency, "", o.slotWait)
+		o.slotWait = 0
+	}
+}
+
 // waited tells Waited of a wait that took d.
 func (o *callObs) waited(why WaitReason, target string, d time.Duration) {
 	if o.h.Waited != nil {
@@ -195,14 +205,19 @@ func attemptReason(status int, err error) string {
 // errorType names err for CallDoneInfo.ErrorType: a short word from a
 // small set, fit for a metric's attribute.
 func errorType(err error) string {
+	if err == nil {
+		return "" // before the targets of errors.As, which escape
+	}
+	return failureType(err)
+}
+
+func failureType(err error) string {
 	var (
 		se  *statusError
 		ne  net.Error
 		ote *net.OpError
 	)
 	switch {
-	case err == nil:
-		return ""
 	case errors.As(err, &se):
 		return strconv.Itoa(se.code)
 	case errors.Is(err, ErrDraining):
@@ -260,18 +275,128 @@ func (u *usageJSON) usage() Usage {
 // readAnswer takes the model and usage of a JSON answer read whole.
 // Rather than decode the whole answer (go-openai does that next), it
 // looks for the two keys: a key quoted in a string of the answer is
-// escaped, \"model\", and is skipped.
+// escaped, \"model\", and is skipped. The common shapes are read without
+// a decoder, which would cost some twenty allocations a call.
 func (o *callObs) readAnswer(body []byte) {
-	if m, ok := modelOf(body); ok {
+	if m, ok := plainString(body, `"model":`); ok {
+		o.respModel = o.intern(m)
+	} else if m, ok := modelOf(body); ok {
 		o.respModel = m
 	}
 	// The usage comes last in OpenAI's answers: looked for from the end.
-	if v := jsonValue(body, `"usage":`, true); v != nil && len(v) > 0 && v[0] == '{' {
+	if u, ok := quickUsage(body); ok {
+		o.usage = u
+	} else if v := jsonValue(body, `"usage":`, true); len(v) > 0 && v[0] == '{' {
 		var u usageJSON
 		if json.Unmarshal(v, &u) == nil {
 			o.usage = u.usage()
 		}
 	}
+}
+
+// intern returns b as a string, the requested model's when they are the
+// same, as they often are, so that it costs no allocation.
+func (o *callObs) intern(b []byte) string {
+	if string(b) == o.info.Model {
+		return o.info.Model
+	}
+	return string(b)
+}
+
+// keyAt returns the index just past the first (or, with last, the last)
+// occurrence of key in b that is not escaped (in a string), -1 if none.
+func keyAt(b []byte, key string, last bool) int {
+	for rest, off := b, 0; ; {
+		var i int
+		if last {
+			i = bytes.LastIndex(rest, []byte(key))
+		} else {
+			i = bytes.Index(rest, []byte(key))
+		}
+		switch {
+		case i < 0:
+			return -1
+		case i > 0 && rest[i-1] == '\\':
+			if last {
+				rest = rest[:i]
+			} else {
+				rest, off = rest[i+len(key):], off+i+len(key)
+			}
+			continue
+		}
+		return skipJSONSpace(b, off+i+len(key))
+	}
+}
+
+// plainString returns the value of key in b if it is a string without
+// escapes.
+func plainString(b []byte, key string) ([]byte, bool) {
+	i := keyAt(b, key, false)
+	if i < 0 || i >= len(b) || b[i] != '"' {
+		return nil, false
+	}
+	v := b[i+1:]
+	end := bytes.IndexByte(v, '"')
+	if end < 0 || bytes.IndexByte(v[:end], '\\') >= 0 {
+		return nil, false
+	}
+	return v[:end], true
+}
+
+// quickUsage reads the "usage" object of b if it is made of plain
+// numbers and objects, as the API sends it; false otherwise (null, or
+// anything it cannot read, left to a decoder).
+func quickUsage(b []byte) (Usage, bool) {
+	i := keyAt(b, `"usage":`, true)
+	if i < 0 || i >= len(b) || b[i] != '{' {
+		return Usage{}, false
+	}
+	depth, end := 0, -1
+	for j := i; j < len(b) && end < 0; j++ {
+		switch b[j] {
+		case '{':
+			depth++
+		case '}':
+			if depth--; depth == 0 {
+				end = j
+			}
+		case '"', '[':
+			// Keys are plain; a string value or an array is not the
+			// usage this reads.
+			if b[j] == '[' {
+				return Usage{}, false
+			}
+			k := bytes.IndexByte(b[j+1:], '"')
+			if k < 0 || bytes.IndexByte(b[j+1:j+1+k], '\\') >= 0 {
+				return Usage{}, false
+			}
+			j += k + 1
+		}
+	}
+	if end < 0 {
+		return Usage{}, false
+	}
+	obj := b[i : end+1]
+	in, ok1 := intAt(obj, `"prompt_tokens":`)
+	out, ok2 := intAt(obj, `"completion_tokens":`)
+	if !ok1 && !ok2 {
+		return Usage{}, false
+	}
+	cached, _ := intAt(obj, `"cached_tokens":`)
+	return Usage{InputTokens: in, CachedInputTokens: cached, OutputTokens: out, Known: true}, true
+}
+
+// intAt returns the non-negative integer value of key in obj.
+func intAt(obj []byte, key string) (int, bool) {
+	i := keyAt(obj, key, false)
+	if i < 0 {
+		return 0, false
+	}
+	n, digits := 0, 0
+	for ; i < len(obj) && obj[i] >= '0' && obj[i] <= '9' && digits < 15; i, digits = i+1, digits+1 {
+		n = n*10 + int(obj[i]-'0')
+	}
+	return n, digits > 0
 }
 
 // modelOf returns the string value of the first unescaped "model" key of
@@ -314,20 +439,18 @@ func jsonValue(b []byte, key string, last bool) json.RawMessage {
 	}
 }
 
-// requestModel returns the model a JSON request body names, "" if none.
-func requestModel(body []byte) string {
-	if rest, ok := bytes.CutPrefix(body, []byte(`{"model":"`)); ok {
-		// go-openai's encoding, the model first: told without a decoder
-		// unless it has escapes.
-		if i := bytes.IndexByte(rest, '"'); i >= 0 && bytes.IndexByte(rest[:i], '\\') < 0 {
-			return string(rest[:i])
+// requestModel returns the model a JSON request body names, "" if none;
+// def, the configured model, when it is that one, so that it costs no
+// allocation.
+func requestModel(body []byte, def string) string {
+	if m, ok := plainString(body, `"model":`); ok {
+		if string(m) == def {
+			return def
 		}
+		return string(m)
 	}
-	var m string
-	if v := jsonValue(body, `"model":`, false); v != nil && json.Unmarshal(v, &m) == nil {
-		return m
-	}
-	return ""
+	m, _ := modelOf(body)
+	return m
 }
 
 // includeUsage returns body, a streaming chat completion request, asking

@@ -64,6 +64,7 @@ func New(cfg Config) (*Client, error) {
 		attemptTimeout: r.AttemptTimeout,
 		logger:         r.Logger,
 		hooks:          r.Hooks,
+		model:          r.Model,
 		apiError:       envelopeError,
 
 		firstTokenTimeout: r.FirstTokenTimeout,

@@ -53,9 +53,26 @@ func BenchmarkCreateChatCompletion(b *testing.B) {
 	}
 	// Its plain-http endpoint has a pool of its own, derived from ldTr.
 	defer ld.Shutdown(context.Background())
+	// The same with every hook set, doing nothing: what observing costs
+	// before a metrics library adds its own.
+	hkTr := benchTransport()
+	hk, err := llmdrain.New(llmdrain.Config{APIKey: benchKey, BaseURL: srv.URL, HTTPClient: &http.Client{Transport: hkTr}, Hooks: &llmdrain.Hooks{
+		CallStart:    func(llmdrain.CallStartInfo) {},
+		CallDone:     func(llmdrain.CallDoneInfo) {},
+		AttemptDone:  func(llmdrain.AttemptInfo) {},
+		Waited:       func(llmdrain.WaitInfo) {},
+		TargetChange: func(llmdrain.TargetChangeInfo) {},
+		DrainStart:   func(llmdrain.DrainStartInfo) {},
+		DrainDone:    func(llmdrain.DrainDoneInfo) {},
+	}})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer hk.Shutdown(context.Background())
 	clients := []client{
 		{"gopenai", bare.CreateChatCompletion, bareTr},
 		{"llmdrain", ld.CreateChatCompletion, ldTr},
+		{"llmdrain-hooks", hk.CreateChatCompletion, hkTr},
 	}
 	defer func() {
 		for _, c := range clients {

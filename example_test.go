@@ -9,6 +9,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/cenkalti/backoff/v4"
 	openai "github.com/sashabaranov/go-openai"
 
 	"github.com/llmdrain/llmdrain"
@@ -215,4 +216,33 @@ func ExampleTarget() {
 	})
 	fmt.Println(resp.Model, err, primary.Stats().Requests, backup.Stats().Requests)
 	// Output: other-model <nil> 3 1
+}
+
+// Hooks are told of each call, its attempts and waits, with the tokens
+// the answer says it used: the base of metrics and cost accounting.
+func ExampleHooks() {
+	srv := llmtest.NewServer()
+	defer srv.Close()
+	srv.Script(llmtest.Status(503)) // one failure, then the answer
+
+	hooks := &llmdrain.Hooks{
+		AttemptDone: func(a llmdrain.AttemptInfo) {
+			fmt.Printf("attempt %d: %d %s retry=%v reason=%q\n", a.Attempt, a.Status, a.Outcome, a.Retry, a.Reason)
+		},
+		Waited: func(w llmdrain.WaitInfo) { fmt.Println("waited:", w.Reason) },
+		CallDone: func(d llmdrain.CallDoneInfo) {
+			fmt.Printf("%s %s: error=%q attempts=%d tokens in=%d out=%d\n",
+				d.Operation, d.ResponseModel, d.ErrorType, d.Attempts, d.Usage.InputTokens, d.Usage.OutputTokens)
+		},
+	}
+	c, _ := llmdrain.New(llmdrain.Config{APIKey: "sk-example", BaseURL: srv.URL, Hooks: hooks,
+		Backoff: func() backoff.BackOff { return backoff.NewConstantBackOff(time.Millisecond) }})
+	text, err := c.Chat(context.Background(), "Hello, hooks!")
+	fmt.Println(text, err)
+	// Output:
+	// attempt 1: 503 overloaded retry=true reason="5xx"
+	// waited: backoff
+	// attempt 2: 200 healthy retry=false reason=""
+	// chat gpt-4o: error="" attempts=2 tokens in=2 out=4
+	// You said: Hello, hooks! <nil>
 }

@@ -11,15 +11,24 @@ import (
 // costs nothing. Set them with Config.Hooks; metrics (the otelmetrics
 // module) and cost accounting are built on them.
 //
-// Hooks run synchronously, on the goroutine of the call they describe (a
-// call's caller, or net/http's for the end of a body read elsewhere), in
-// the order the events happen. They must be fast and must not block: a
-// slow hook slows every call, and one that blocks holds the call, and any
-// drain waiting for it. They may be called concurrently for different
-// calls, so must be safe for concurrent use. A hook must not panic: a
-// panicking hook is a bug of its own, which llmdrain does not recover
-// from; the call it panicked in is still released. The Info values are
-// the hook's to keep; none holds the API key.
+// Hooks run synchronously, in the order a call's events happen: on the
+// goroutine that made the call, or, for CallDone, the one that read its
+// body to the end or closed it; TargetChange on the goroutine of the
+// attempt that moved the target; DrainStart and DrainDone on the one that
+// called Drain (or Shutdown). They must be fast and must not block: a
+// slow hook slows every call, and one that blocks holds its call, and any
+// drain waiting for it. They are called concurrently for different calls,
+// so must be safe for concurrent use. A hook must not panic: a panicking
+// hook is a bug of its own, which llmdrain does not recover (the panic
+// reaches the caller of the method that ran it), though the call it
+// panicked in is still released. The Info values are the hook's to keep;
+// none holds an API key.
+//
+// With Hooks, a call reads a little more of what it sends and receives:
+// the model named in a JSON request's body, and the model and usage of a
+// JSON answer or of a stream's events. That costs a few allocations a
+// call (see the package's BenchmarkCreateChatCompletion); without Hooks,
+// none.
 type Hooks struct {
 	// CallStart is told of every call the Client's transport takes:
 	// Chat, CreateChatCompletion, their streams, every endpoint of

@@ -677,7 +677,13 @@ func (u *usageBody) look(line []byte) bool {
 	}
 	if !u.model {
 		u.model = true
-		if m, ok := modelOf(payload); ok {
+		m, ok := "", false
+		if b, plain := plainString(payload, `"model":`); plain {
+			m, ok = u.o.intern(b), true
+		} else {
+			m, ok = modelOf(payload)
+		}
+		if ok {
 			u.o.mu.Lock()
 			u.o.respModel = m
 			u.o.mu.Unlock()

@@ -61,6 +61,7 @@ type transport struct {
 	clock             watchdog.Clock
 	logger            *slog.Logger // nil: silent
 	hooks             *Hooks       // nil: no events, and no per-call observation
+	model             string       // Config.Model, for the hooks
 
 	// go-openai is given no API key: the call sets the Authorization
 	// header itself, on attempts at a target's origin only (see
@@ -100,6 +101,7 @@ func (t *transport) RoundTrip(req *http.Request) (_ *http.Response, err error) {
 			c.release()
 		}
 	}()
+	c.obs.waitedSlot()
 	for {
 		tg, p, ok := t.router.pick(&c.route)
 		if !ok { // unreachable: a call with no target left ends below

@@ -267,3 +267,42 @@ func TestConcurrentUse(t *testing.T) {
 	wg.Wait()
 	_ = b.State().String()
 }
+
+// TestOnChange: every change of state is told, after the lock (OnChange
+// may read the breaker), with the ejections and the cool-down.
+func TestOnChange(t *testing.T) {
+	c := &clock{t: time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC)}
+	var (
+		b       *Breaker
+		changes []Change
+	)
+	b = New(Policy{Threshold: 2, Base: 5 * time.Second, Max: 30 * time.Second, Now: c.now, OnChange: func(ch Change) {
+		changes = append(changes, ch)
+		_ = b.State() // the lock is free
+	}})
+	trip(t, b, 2)
+	c.advance(5 * time.Second)
+	if _, opened := allow(t, b).Failure(); !opened { // the probe fails
+		t.Fatal("a failed probe opens")
+	}
+	f := b.Force() // all out: forced, and it fails again
+	f.Failure()
+	c.advance(15 * time.Second)
+	allow(t, b).Success()
+	want := []Change{
+		{From: Closed, To: Open, Ejections: 1, Cooldown: 5 * time.Second},
+		{From: Open, To: HalfOpen, Ejections: 1},
+		{From: HalfOpen, To: Open, Ejections: 2, Cooldown: 10 * time.Second},
+		{From: Open, To: Open, Ejections: 3, Cooldown: 15 * time.Second},
+		{From: Open, To: HalfOpen, Ejections: 3},
+		{From: HalfOpen, To: Closed},
+	}
+	if len(changes) != len(want) {
+		t.Fatalf("changes %+v, want %+v", changes, want)
+	}
+	for i := range want {
+		if changes[i] != want[i] {
+			t.Errorf("change %d: %+v, want %+v", i, changes[i], want[i])
+		}
+	}
+}
