@@ -414,7 +414,7 @@ func TestHooksDrainWithForcedStraggler(t *testing.T) {
 		assert.Equal(t, fe.Stragglers, dd.Forced)
 		require.Len(t, dd.Forced, 1)
 		assert.Equal(t, "POST /v1/chat/completions", dd.Forced[0].Label)
-		assert.GreaterOrEqual(t, dd.Duration, 50*time.Millisecond)
+		assert.GreaterOrEqual(t, dd.Duration, 40*time.Millisecond, "the drain waited until its deadline")
 	}
 	d := recA.done(t)
 	assert.Equal(t, "forced_shutdown", d.ErrorType)
