@@ -533,6 +533,7 @@ func TestExampleServerNeverLogsKey(t *testing.T) {
 	// examples/server is a module of its own: build it in its directory.
 	build := exec.Command(goCmd, "build", "-o", bin, ".")
 	build.Dir = filepath.Join("examples", "server")
+	build.Env = append(os.Environ(), "GOFLAGS=-mod=mod") // as .ci/run builds its module
 	if out, err := build.CombinedOutput(); err != nil {
 		t.Fatalf("building examples/server: %v\n%s", err, out)
 	}
