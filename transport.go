@@ -60,8 +60,13 @@ type transport struct {
 	idleTimeout       time.Duration
 	clock             watchdog.Clock
 	logger            *slog.Logger // nil: silent
-	hooks             *Hooks       // nil: no events, and no per-call observation
-	model             string       // Config.Model, for the hooks
+	// hooks are told of the calls; nil: no events, and no per-call
+	// observation. A client with a budget and no Hooks has empty ones:
+	// the budget needs what the observation reads (the request's model,
+	// the answer's usage).
+	hooks *Hooks
+	cost  *costing // the prices, and the budget of Config.MaxCost
+	model string   // Config.Model, for the hooks
 
 	// go-openai is given no API key: the call sets the Authorization
 	// header itself, on attempts at a target's origin only (see
