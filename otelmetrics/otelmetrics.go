@@ -27,13 +27,18 @@
 //	llmdrain.drain.forced_calls                   counter, {call}: calls a forced drain cancelled
 //	llmdrain.target.ejections                     counter, {ejection}: a target taken out of rotation
 //	llmdrain.target.state                         gauge: 1 for a target's current llmdrain.target.state, 0 for the others it was in
+//	llmdrain.client.cost                          counter, USD: what the answers cost, priced by Config.Prices (CallDoneInfo.Cost)
+//	llmdrain.client.cost.unknown                  counter, {call}: answers paid for at a cost llmdrain does not know (no price, no usage)
+//	llmdrain.client.budget.refusals               counter, {call}: calls refused by Config.MaxCost (ErrBudgetExceeded), nothing sent
 //
 // The GenAI instruments carry gen_ai.operation.name, gen_ai.provider.name,
 // gen_ai.request.model, gen_ai.response.model (when the answer named one),
 // server.address and server.port (the target's host and port) and, on
 // gen_ai.client.operation.duration for a call that failed, error.type
 // (CallDoneInfo.ErrorType: "429", "timeout", "draining", ...). The
-// semantic conventions' recommended bucket boundaries are used.
+// semantic conventions' recommended bucket boundaries are used. The cost
+// counters carry the token usage's attributes (no gen_ai.token.type); a
+// cost that is not known is counted as such, never as 0.
 package otelmetrics
 
 import (
@@ -160,6 +165,9 @@ type recorder struct {
 	forced      metric.Int64Counter
 	ejections   metric.Int64Counter
 	targetState metric.Int64Gauge
+	cost        metric.Float64Counter
+	costUnknown metric.Int64Counter
+	refusals    metric.Int64Counter
 
 	noAttrs *attrs
 
@@ -215,6 +223,15 @@ func newRecorder(m metric.Meter, o options) (*recorder, error) {
 	r.targetState, err = m.Int64Gauge("llmdrain.target.state",
 		metric.WithDescription("1 for the state a target is in (healthy, ejected, probing), 0 for the states it left."))
 	check(err)
+	r.cost, err = m.Float64Counter("llmdrain.client.cost", metric.WithUnit("USD"),
+		metric.WithDescription("What the answers cost, in US dollars, priced by the client's price table."))
+	check(err)
+	r.costUnknown, err = m.Int64Counter("llmdrain.client.cost.unknown", metric.WithUnit("{call}"),
+		metric.WithDescription("Answers paid for at a cost not known: a model without a price, or no usage reported."))
+	check(err)
+	r.refusals, err = m.Int64Counter("llmdrain.client.budget.refusals", metric.WithUnit("{call}"),
+		metric.WithDescription("Calls refused, nothing sent, because their worst-case cost did not fit in the client's MaxCost."))
+	check(err)
 	if err := errors.Join(errs...); err != nil {
 		return nil, fmt.Errorf("otelmetrics: creating the instruments: %w", err)
 	}
@@ -245,9 +262,10 @@ type callKey struct {
 
 // callAttrs are the attribute sets of calls sharing a callKey: the
 // duration's (with error.type), the in-flight count's (what is known at
-// the start only) and the token usage's, one per token type.
+// the start only), the token usage's, one per token type, and the cost's
+// (the token usage's without a type).
 type callAttrs struct {
-	duration, start, input, output *attrs
+	duration, start, input, output, cost *attrs
 }
 
 func (r *recorder) callAttrs(k callKey) *callAttrs {
@@ -275,6 +293,7 @@ func (r *recorder) callAttrs(k callKey) *callAttrs {
 		duration: newAttrs(errorType...),
 		input:    newAttrs(with(done, tokenTypeKey.String("input"))...),
 		output:   newAttrs(with(done, tokenTypeKey.String("output"))...),
+		cost:     newAttrs(done...),
 	}
 	r.mu.Lock()
 	if prev := r.calls[k]; prev != nil {
@@ -385,7 +404,19 @@ func (r *recorder) callDone(i llmdrain.CallDoneInfo) {
 		r.tokens.Record(bg, int64(i.Usage.InputTokens), a.input.record...)
 		r.tokens.Record(bg, int64(i.Usage.OutputTokens), a.output.record...)
 	}
+	switch {
+	case i.Cost.Unknown:
+		r.costUnknown.Add(bg, 1, a.cost.add...)
+	case i.Cost.USD > 0:
+		r.cost.Add(bg, i.Cost.USD, a.cost.add...)
+	}
+	if i.ErrorType == budgetExceeded {
+		r.refusals.Add(bg, 1, a.cost.add...)
+	}
 }
+
+// budgetExceeded is CallDoneInfo.ErrorType for ErrBudgetExceeded.
+const budgetExceeded = "budget_exceeded"
 
 func (r *recorder) attemptDone(i llmdrain.AttemptInfo) {
 	r.attempts.Add(bg, 1, r.otherAttrs(otherKey{kind: kindAttempt, target: i.Target, a: i.Outcome, b: i.Reason}).add...)

@@ -354,3 +354,59 @@ func TestNew(t *testing.T) {
 	require.NoError(t, err, "nil: the global MeterProvider")
 	assert.NotNil(t, h.CallStart)
 }
+
+func TestCostAndBudgetRefusals(t *testing.T) {
+	// Per million tokens; MaxOutput bounds a request without max_tokens.
+	prices := llmdrain.Prices{"gpt-4o-mini": {Input: 2, Output: 8, MaxOutput: 100}}
+	e := newEnv(t, func(c *llmdrain.Config) { c.Prices = prices })
+	var input, output int
+	for _, p := range []string{"priced once", "priced twice over"} {
+		u, err := e.chat(p)
+		require.NoError(t, err)
+		input, output = input+u.PromptTokens, output+u.CompletionTokens
+	}
+	// A model without a price: paid for, at a cost not known.
+	_, err := e.client.CreateChatCompletion(context.Background(), openai.ChatCompletionRequest{
+		Model:    "gpt-4o",
+		Messages: []openai.ChatCompletionMessage{{Role: openai.ChatMessageRoleUser, Content: "unpriced"}},
+	})
+	require.NoError(t, err)
+
+	m := e.collect()
+	cost, ok := m["llmdrain.client.cost"].Data.(metricdata.Sum[float64])
+	require.True(t, ok, "%T", m["llmdrain.client.cost"].Data)
+	assert.Equal(t, "USD", m["llmdrain.client.cost"].Unit)
+	require.Len(t, cost.DataPoints, 1)
+	assert.InDelta(t, (float64(input)*2+float64(output)*8)/1e6, cost.DataPoints[0].Value, 1e-12)
+	assert.Equal(t, "gpt-4o-mini", kvs(cost.DataPoints[0].Attributes)["gen_ai.request.model"])
+
+	unknown := sums(t, m["llmdrain.client.cost.unknown"])
+	require.Len(t, unknown, 1)
+	assert.Equal(t, int64(1), unknown[0].Value)
+	assert.Equal(t, "gpt-4o", kvs(unknown[0].Attributes)["gen_ai.request.model"])
+	assert.NotContains(t, m, "llmdrain.client.budget.refusals")
+}
+
+func TestBudgetRefusals(t *testing.T) {
+	prices := llmdrain.Prices{"gpt-4o-mini": {Input: 2, Output: 8, MaxOutput: 100}}
+	e := newEnv(t, func(c *llmdrain.Config) { c.Prices = prices; c.MaxCost = 0.01 })
+	_, err := e.chat("within the cap")
+	require.NoError(t, err)
+	// Worst case 1,000,000 output tokens at $8 per million: over the cap.
+	_, err = e.client.CreateChatCompletion(context.Background(), openai.ChatCompletionRequest{
+		MaxCompletionTokens: 1_000_000,
+		Messages:            []openai.ChatCompletionMessage{{Role: openai.ChatMessageRoleUser, Content: "too dear"}},
+	})
+	require.ErrorIs(t, err, llmdrain.ErrBudgetExceeded)
+
+	m := e.collect()
+	refusals := sums(t, m["llmdrain.client.budget.refusals"])
+	require.Len(t, refusals, 1)
+	assert.Equal(t, int64(1), refusals[0].Value)
+	errorTypes := map[any]uint64{}
+	for _, dp := range histograms[float64](t, m["gen_ai.client.operation.duration"]) {
+		errorTypes[kvs(dp.Attributes)["error.type"]] += dp.Count
+	}
+	assert.Equal(t, map[any]uint64{nil: 1, "budget_exceeded": 1}, errorTypes)
+	assert.Equal(t, 1, e.srv.Stats().Requests, "the refused call sent nothing")
+}

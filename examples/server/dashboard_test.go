@@ -26,8 +26,8 @@ import (
 // TestDashboardReferencesExistingMetrics checks that every metric and
 // label grafana-dashboard.json's queries use is in what /metrics serves
 // once a client has done everything the dashboard shows: calls, streams,
-// retries after a Retry-After, a target's ejection, a failed call, a
-// drain.
+// retries after a Retry-After, a target's ejection, a failed call, priced
+// and unpriced answers, a budget refusal, a drain.
 func TestDashboardReferencesExistingMetrics(t *testing.T) {
 	exposed := exposition(t)
 	queries := dashboardQueries(t)
@@ -60,13 +60,28 @@ func exposition(t *testing.T) map[string]map[string]bool {
 	m, err := startMetrics("127.0.0.1:0", slog.New(slog.NewTextHandler(io.Discard, nil)))
 	require.NoError(t, err)
 	t.Cleanup(m.Close)
+	prices := llmdrain.Prices{"gpt-4o": {Input: 2.5, Output: 10, MaxOutput: 16384}}
 	client, err := llmdrain.New(llmdrain.Config{
 		APIKey: testKey, BaseURL: primary.URL, FallbackURLs: []string{fallback.URL},
 		FailoverAfter: 2, Cooldown: time.Hour, Hooks: m.Hooks,
 		Backoff: func() backoff.BackOff { return &backoff.ZeroBackOff{} },
+		Prices:  prices, MaxCost: 1,
 	})
 	require.NoError(t, err)
 	ctx := context.Background()
+	// Without a cap, a model without a price is called, at a cost not
+	// known; with one, it is refused.
+	uncapped, err := llmdrain.New(llmdrain.Config{APIKey: testKey, BaseURL: fallback.URL, Hooks: m.Hooks, Prices: prices})
+	require.NoError(t, err)
+	unpriced := openai.ChatCompletionRequest{
+		Model:    "gpt-4o-mini",
+		Messages: []openai.ChatCompletionMessage{{Role: openai.ChatMessageRoleUser, Content: "hello"}},
+	}
+	_, err = uncapped.CreateChatCompletion(ctx, unpriced)
+	require.NoError(t, err)
+	require.NoError(t, uncapped.Shutdown(ctx))
+	_, err = client.CreateChatCompletion(ctx, unpriced)
+	require.ErrorIs(t, err, llmdrain.ErrBudgetExceeded)
 	chat := func() {
 		t.Helper()
 		_, err := client.CreateChatCompletion(ctx, openai.ChatCompletionRequest{
