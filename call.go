@@ -540,11 +540,15 @@ func (e *timeoutError) Unwrap() []error {
 // tg, with tg's key and model.
 func (c *call) prepare(ctx context.Context, tg *target) *http.Request {
 	areq := c.req.WithContext(ctx)
-	// A new map, sharing the value slices: only Authorization is set, by
-	// replacing its slice, and nothing below writes into a header's values.
+	// A new map, sharing the value slices: only the key's header is set,
+	// by replacing its slice, and nothing below writes into a header's
+	// values. Credentials are the call's alone to set, per target: any that
+	// came with the request (go-openai's empty api-key for Azure) stay out.
 	areq.Header = make(http.Header, len(c.req.Header)+1)
 	for k, v := range c.req.Header {
-		areq.Header[k] = v
+		if k != "Authorization" && k != "Api-Key" {
+			areq.Header[k] = v
+		}
 	}
 	if c.body != nil {
 		areq.Body = c.body
@@ -555,7 +559,7 @@ func (c *call) prepare(ctx context.Context, tg *target) *http.Request {
 	}
 	c.key = ""
 	if kt := c.t.router.auth(areq.URL, tg); kt != nil && kt.bearer != "" {
-		areq.Header["Authorization"] = kt.authz
+		areq.Header[kt.authHeader] = kt.authz
 		c.key = kt.key
 	}
 	if tg.model != "" {

@@ -52,12 +52,15 @@ type target struct {
 	origin origin
 	key    secret // the key sent to it, for scrubbing what it sends back
 	bearer secret // "Bearer " + the key, made once; empty: none is sent
-	// authz is the Authorization header's values, {bearer}, made once and
-	// shared by every attempt: nothing writes into a request's header
-	// values, and a slice per attempt would cost an allocation each.
-	authz []string
-	model string // put in its completion requests; empty: left as it is
-	long  bool   // Target.LongContext
+	// authHeader is the header that carries the key, in canonical form:
+	// "Authorization", or "Api-Key" for Azure. authz is its values,
+	// {bearer} or {key}, made once and shared by every attempt: nothing
+	// writes into a request's header values, and a slice per attempt
+	// would cost an allocation each.
+	authHeader string
+	authz      []string
+	model      string // put in its completion requests; empty: left as it is
+	long       bool   // Target.LongContext
 	// breaker takes the target out of rotation; nil (a router of one
 	// target) never does.
 	breaker *breaker.Breaker
@@ -129,6 +132,35 @@ func (r *router) pick(rt *route) (*target, breaker.Permit, bool) {
 		return nil, breaker.Permit{}, false
 	}
 	return out, out.breaker.Force(), true
+}
+
+// peek returns the target pick would give the call's next attempt were it
+// made now, without taking a permit: for the logs, which name where a
+// retry is going before its wait. (A half-open target whose probe is out
+// is taken as admitting; pick, after the wait, has the last word.)
+func (r *router) peek(rt *route) *target {
+	var (
+		first, out *target
+		outSince   time.Time
+	)
+	for _, tg := range r.targets {
+		if !rt.eligible(tg) {
+			continue
+		}
+		if tg.breaker.State() != breaker.Open {
+			return tg
+		}
+		if first == nil {
+			first = tg
+		}
+		if since, ok := tg.breaker.OutSince(); ok && (out == nil || since.Before(outSince)) {
+			out, outSince = tg, since
+		}
+	}
+	if out == nil {
+		return first
+	}
+	return out
 }
 
 // record learns from an attempt's outcome at tg, releasing its permit: an

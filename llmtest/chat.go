@@ -174,6 +174,9 @@ func (s *Server) serveChat(w http.ResponseWriter, r *http.Request) {
 	if readErr != nil && !tooLarge(readErr) {
 		return // the client went away mid-request: nobody to answer
 	}
+	if d := deployment(r); d != "" && readErr == nil {
+		body = withModel(body, d) // Azure: the deployment is the model
+	}
 	// Rejections are faults of the server's own making; they do not consume
 	// the script.
 	var req openai.ChatCompletionRequest
@@ -551,4 +554,15 @@ func countWords(text string) int {
 		n++
 	}
 	return n
+}
+
+// withModel returns body, a JSON object, with its model set to model; body
+// as it is if it is no JSON object.
+func withModel(body []byte, model string) []byte {
+	var fields map[string]json.RawMessage
+	if json.Unmarshal(body, &fields) != nil || fields == nil {
+		return body
+	}
+	fields["model"] = mustJSON(model)
+	return mustJSON(fields)
 }
