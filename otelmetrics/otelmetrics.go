@@ -27,7 +27,7 @@
 //	llmdrain.drain.forced_calls                   counter, {call}: calls a forced drain cancelled
 //	llmdrain.target.ejections                     counter, {ejection}: a target taken out of rotation
 //	llmdrain.target.state                         gauge: 1 for a target's current llmdrain.target.state, 0 for the others it was in
-//	llmdrain.client.cost                          counter, USD: what the answers cost, priced by Config.Prices (CallDoneInfo.Cost)
+//	llmdrain.client.cost.usd                      counter, {USD}: what the answers cost, priced by Config.Prices (CallDoneInfo.Cost)
 //	llmdrain.client.cost.unknown                  counter, {call}: answers paid for at a cost llmdrain does not know (no price, no usage)
 //	llmdrain.client.budget.refusals               counter, {call}: calls refused by Config.MaxCost (ErrBudgetExceeded), nothing sent
 //
@@ -223,7 +223,7 @@ func newRecorder(m metric.Meter, o options) (*recorder, error) {
 	r.targetState, err = m.Int64Gauge("llmdrain.target.state",
 		metric.WithDescription("1 for the state a target is in (healthy, ejected, probing), 0 for the states it left."))
 	check(err)
-	r.cost, err = m.Float64Counter("llmdrain.client.cost", metric.WithUnit("USD"),
+	r.cost, err = m.Float64Counter("llmdrain.client.cost.usd", metric.WithUnit("{USD}"),
 		metric.WithDescription("What the answers cost, in US dollars, priced by the client's price table."))
 	check(err)
 	r.costUnknown, err = m.Int64Counter("llmdrain.client.cost.unknown", metric.WithUnit("{call}"),

@@ -373,9 +373,9 @@ func TestCostAndBudgetRefusals(t *testing.T) {
 	require.NoError(t, err)
 
 	m := e.collect()
-	cost, ok := m["llmdrain.client.cost"].Data.(metricdata.Sum[float64])
-	require.True(t, ok, "%T", m["llmdrain.client.cost"].Data)
-	assert.Equal(t, "USD", m["llmdrain.client.cost"].Unit)
+	cost, ok := m["llmdrain.client.cost.usd"].Data.(metricdata.Sum[float64])
+	require.True(t, ok, "%T", m["llmdrain.client.cost.usd"].Data)
+	assert.Equal(t, "{USD}", m["llmdrain.client.cost.usd"].Unit)
 	require.Len(t, cost.DataPoints, 1)
 	assert.InDelta(t, (float64(input)*2+float64(output)*8)/1e6, cost.DataPoints[0].Value, 1e-12)
 	assert.Equal(t, "gpt-4o-mini", kvs(cost.DataPoints[0].Attributes)["gen_ai.request.model"])

@@ -3,6 +3,7 @@ module github.com/llmdrain/llmdrain/examples/server
 go 1.26.0
 
 require (
+	github.com/cenkalti/backoff/v4 v4.3.0
 	github.com/llmdrain/llmdrain v0.0.0-00010101000000-000000000000
 	github.com/llmdrain/llmdrain/otelmetrics v0.0.0-00010101000000-000000000000
 	github.com/prometheus/client_golang v1.24.1
@@ -14,7 +15,6 @@ require (
 
 require (
 	github.com/beorn7/perks v1.0.1 // indirect
-	github.com/cenkalti/backoff/v4 v4.3.0 // indirect
 	github.com/cespare/xxhash/v2 v2.3.0 // indirect
 	github.com/go-logr/logr v1.4.4 // indirect
 	github.com/go-logr/stdr v1.2.2 // indirect
