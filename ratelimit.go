@@ -10,7 +10,6 @@ import (
 	"io"
 	"net/http"
 	"strconv"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -60,44 +59,6 @@ type gate struct {
 	// is said once, then paced around locally.
 	quotaDown *atomic.Bool
 	log       func(ctx context.Context, msg string, args ...any)
-
-	// Until the target has answered once, its attempts go one at a time:
-	// the first answer tells the quota (or that none is told) before a
-	// burst of calls can overdraw it. probed is closed when a probe ends.
-	mu       sync.Mutex
-	answered bool
-	probing  bool
-	probed   chan struct{}
-}
-
-// probe reports whether the target has answered once; if not, it makes
-// the caller the probe if there is none (true), or returns the channel to
-// wait on for the probe's end.
-func (g *gate) probe() (bool, <-chan struct{}) {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	switch {
-	case g.answered:
-		return false, nil
-	case !g.probing:
-		g.probing, g.probed = true, make(chan struct{})
-		return true, nil
-	}
-	return false, g.probed
-}
-
-// endProbe ends the probe of tk, if it is one: answered says the target
-// answered it. Calls waiting for it go on, or one of them probes next.
-func (g *gate) endProbe(tk *draw, answered bool) {
-	if !tk.probe {
-		return
-	}
-	tk.probe = false
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	g.answered = g.answered || answered
-	g.probing = false
-	close(g.probed)
 }
 
 // quotaKey names a target's bucket in a Quota: a hash of its origin and
@@ -117,7 +78,6 @@ type draw struct {
 	lim    Limit // the Limit drawn from the Quota under; zero: none
 	permit aimd.Permit
 	held   bool // permit is held
-	probe  bool // the target's probe; see gate.probe
 }
 
 // admit holds the call's next attempt at g until the quota has room for
@@ -134,21 +94,6 @@ func (g *gate) admit(c *call) (draw, error) {
 			c.obs.waited(WaitPacing, g.base, paced)
 		}
 	}()
-	for {
-		isProbe, wait := g.probe()
-		if wait == nil {
-			tk.probe = isProbe
-			break
-		}
-		start := time.Now()
-		select {
-		case <-wait:
-			paced += time.Since(start)
-		case <-c.ctx.Done():
-			paced += time.Since(start)
-			return tk, callError(c.ctx, nil)
-		}
-	}
 	for {
 		// Drawn even before a limit is known: the draw anchors what the
 		// answer's headers say.
@@ -174,7 +119,6 @@ func (g *gate) admit(c *call) (draw, error) {
 		err := sleep(c.ctx, wait)
 		paced += time.Since(start)
 		if err != nil {
-			g.endProbe(&tk, false)
 			return tk, callError(c.ctx, err)
 		}
 	}
@@ -185,7 +129,6 @@ func (g *gate) admit(c *call) (draw, error) {
 	}
 	if err != nil {
 		g.giveBack(c.ctx, &tk)
-		g.endProbe(&tk, false)
 		return tk, callError(c.ctx, err)
 	}
 	tk.permit, tk.held = p, true
@@ -265,7 +208,6 @@ func (g *gate) learn(ctx context.Context, tk *draw, resp *http.Response) {
 	if g == nil {
 		return
 	}
-	g.endProbe(tk, resp != nil)
 	if resp == nil {
 		return
 	}

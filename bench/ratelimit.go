@@ -117,9 +117,11 @@ func inProcess(name string, mk func(url string) caller) rlContender {
 func runRateLimit(rc runConfig) section {
 	sec := section{title: "8. Rate limits"}
 	cost := rlCost()
-	p := rlParams{requests: 40, period: time.Second, latency: 200 * time.Millisecond, n: 600, conc: 64}
+	// 40 requests/s over a 5 s period: a bucket of 200, well above the
+	// callers at once, as a minute's bucket is at a real provider.
+	p := rlParams{requests: 200, period: 5 * time.Second, latency: 200 * time.Millisecond, n: 720, conc: 64}
 	if rc.quick {
-		p = rlParams{requests: 20, period: time.Second, latency: 100 * time.Millisecond, n: 60, conc: 32}
+		p = rlParams{requests: 40, period: 2 * time.Second, latency: 100 * time.Millisecond, n: 80, conc: 32}
 	}
 	// The token quota binds a little before the request quota does.
 	p.tokens = p.requests * cost * 9 / 10
@@ -182,7 +184,7 @@ func runRateLimit(rc runConfig) section {
 	}
 	sec.detail = detail.String()
 	sec.notes = append(sec.notes,
-		fmt.Sprintf("An llmtest server meters %d requests and %d tokens per %v (a call costs %d tokens: its prompt and its reply), each a bucket that starts full and refills continuously, as OpenAI meters a key per minute; the period is shortened so that a run takes seconds, which makes the buckets' burst a second's worth rather than a minute's. Admitted calls take %v; refused ones are answered 429 at once. %d callers make %d calls in a closed loop: %d times the %.0f calls the quota sustains at once.", p.requests, p.tokens, p.period, cost, p.latency, p.conc, p.n, p.conc/max(1, int(float64(p.tokens)/float64(cost)/p.period.Seconds()*p.latency.Seconds())), float64(p.tokens)/float64(cost)/p.period.Seconds()*p.latency.Seconds()),
+		fmt.Sprintf("An llmtest server meters %d requests and %d tokens per %v (a call costs %d tokens: its prompt and its reply), each a bucket that starts full and refills continuously, as OpenAI meters a key per minute; the period is shortened so that a run takes seconds, which makes the buckets' burst a few seconds' worth rather than a minute's, still several times the callers. Admitted calls take %v; refused ones are answered 429 at once. %d callers make %d calls in a closed loop: %d times the %.0f calls the quota sustains at once.", p.requests, p.tokens, p.period, cost, p.latency, p.conc, p.n, p.conc/max(1, int(float64(p.tokens)/float64(cost)/p.period.Seconds()*p.latency.Seconds())), float64(p.tokens)/float64(cost)/p.period.Seconds()*p.latency.Seconds()),
 		"Throughput is the share of what the quota admitted during the run (the buckets' content at the start plus their refill until the last call's latency) that went to calls that succeeded; for a client whose calls all succeed it is the ideal wall time over the measured one. A client whose calls fail ends early and is judged on those it got through: see Calls ok beside it. The share of 429s is of every request the provider saw. Each client runs alone against a fresh provider, once."+baseNote)
 	return sec
 }

@@ -5,10 +5,9 @@
 // is no signal: an LLM's latency follows the length of its output, not
 // the server's load.
 //
-// Like TCP, it begins with a slow start: from a few, the limit grows by
-// one per clean answer (doubling per window) until the first overload,
-// so that a new client does not send its whole concurrency at a server
-// whose quota it does not know yet.
+// It starts at its ceiling: unlike TCP it has no slow start, which would
+// hold a new client's concurrent calls behind its first answers, seconds
+// each for a long generation.
 package aimd
 
 import (
@@ -25,18 +24,13 @@ type Limiter struct {
 	inflight int
 	clean    int    // clean answers since the limit last changed
 	epoch    uint64 // bumped by each decrease
-	slow     bool   // in slow start: no overload seen yet
 	waiters  []chan struct{}
 }
 
-// InitialLimit is where the slow start begins.
-const InitialLimit = 4
-
-// New returns a limiter bounded by ceiling (at least 1), starting at
-// InitialLimit in slow start.
+// New returns a limiter starting at, and bounded by, ceiling (at least 1).
 func New(ceiling int) *Limiter {
 	ceiling = max(ceiling, 1)
-	return &Limiter{limit: min(InitialLimit, ceiling), ceiling: ceiling, slow: true}
+	return &Limiter{limit: ceiling, ceiling: ceiling}
 }
 
 // Permit is an admitted attempt's place under the limit; Done gives it
@@ -105,9 +99,6 @@ func (p Permit) Done(overloaded bool) {
 		l.limit = max(l.limit/2, 1)
 		l.epoch++
 		l.clean = 0
-		l.slow = false
-	case !overloaded && l.slow:
-		l.limit = min(l.limit+1, l.ceiling)
 	case !overloaded:
 		if l.clean++; l.clean >= l.limit && l.limit < l.ceiling {
 			l.limit++

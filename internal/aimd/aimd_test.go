@@ -29,41 +29,8 @@ func TestNilAdmits(t *testing.T) {
 	p.Done(true)
 }
 
-// grown returns a limiter out of slow start at ceiling.
-func grown(t *testing.T, ceiling int) *Limiter {
-	l := New(ceiling)
-	for l.Limit() < ceiling {
-		acquire(t, l).Done(false)
-	}
-	l.slow = false
-	return l
-}
-
-func TestSlowStart(t *testing.T) {
-	l := New(64)
-	if got := l.Limit(); got != InitialLimit {
-		t.Fatalf("starts at %d, want %d", got, InitialLimit)
-	}
-	for range 4 {
-		acquire(t, l).Done(false)
-	}
-	if got := l.Limit(); got != 2*InitialLimit {
-		t.Fatalf("limit %d after a window of clean answers in slow start, want it doubled", got)
-	}
-	acquire(t, l).Done(true)
-	if got := l.Limit(); got != InitialLimit {
-		t.Fatalf("limit %d after the first overload, want halved", got)
-	}
-	for range InitialLimit - 1 {
-		acquire(t, l).Done(false)
-	}
-	if got := l.Limit(); got != InitialLimit {
-		t.Fatalf("limit %d: still growing by one per answer after slow start", got)
-	}
-}
-
 func TestHalvesOncePerWindow(t *testing.T) {
-	l := grown(t, 8)
+	l := New(8)
 	ps := make([]Permit, 8)
 	for i := range ps {
 		ps[i] = acquire(t, l)
@@ -86,7 +53,7 @@ func TestHalvesOncePerWindow(t *testing.T) {
 }
 
 func TestGrowsFromOneWithFewCalls(t *testing.T) {
-	l := grown(t, 4)
+	l := New(4)
 	for l.Limit() > 1 {
 		acquire(t, l).Done(true)
 	}
