@@ -201,7 +201,7 @@ func (g *gate) giveBack(ctx context.Context, tk *draw) {
 // other way down).
 //
 // An answered attempt that was sent before the target's limit was known
-// (the probe, the first wave) is charged to the Quota now: the provider
+// (the first wave) is charged to the Quota now: the provider
 // counted it, so the Quota must too, or replicas starting together would
 // each draw from a shared Quota that never saw their first attempts.
 func (g *gate) learn(ctx context.Context, tk *draw, resp *http.Response) {
