@@ -54,7 +54,7 @@ type call struct {
 	agen         uint64 // the current attempt's number, so a late timer ends no later attempt
 	attemptTimer watchdog.Timer
 	firstMu      sync.Mutex // the request body is read on net/http's goroutine
-	firstTimer   watchdog.Timer
+	firstTimer   *firstTimer
 	wd           *watchdog.Watchdog
 
 	// tracked is the body handed over with the response, allocated with
@@ -338,7 +338,7 @@ func (c *call) attemptContext() context.Context {
 	}
 	if t.firstTokenTimeout > 0 {
 		c.firstMu.Lock()
-		c.firstTimer = t.clock.AfterFunc(t.firstTokenTimeout, func() { c.cancelAttemptGen(gen, errFirstTokenTimeout) })
+		c.firstTimer = t.startFirstTimer(c, gen)
 		c.firstMu.Unlock()
 		if c.body != nil && (c.req.ContentLength < 0 || c.req.ContentLength > sentAtOnce) {
 			// Counted from the request's last byte: a slow upload is
@@ -362,9 +362,51 @@ func (c *call) stopFirstTimer() bool {
 	if c.firstTimer == nil {
 		return true
 	}
-	stopped := c.firstTimer.Stop()
+	ft := c.firstTimer
 	c.firstTimer = nil
+	stopped := ft.t.Stop()
+	if stopped {
+		// Stopped before it fired: its func will not run, and the timer
+		// can serve another attempt.
+		ft.c.Store(nil)
+		c.t.firstTimers.Put(ft)
+	}
 	return stopped
+}
+
+// firstTimer is the timer of an attempt's wait for the first sign of an
+// answer. Every attempt has one by default (Config.FirstTokenTimeout),
+// and nearly every one is stopped in time, so the transport keeps those
+// for later attempts (transport.firstTimers): a timer and its func made
+// anew would cost each attempt two allocations. Its func reads the
+// attempt it ends from c and gen, set before the timer is (re)started.
+type firstTimer struct {
+	t   watchdog.Timer
+	c   atomic.Pointer[call] // nil while kept for later
+	gen atomic.Uint64
+}
+
+func (ft *firstTimer) fire() {
+	if c := ft.c.Load(); c != nil {
+		c.cancelAttemptGen(ft.gen.Load(), errFirstTokenTimeout)
+	}
+}
+
+// startFirstTimer starts the first-token timer of attempt gen of c: a
+// kept one if there is one, else a new one.
+func (t *transport) startFirstTimer(c *call, gen uint64) *firstTimer {
+	ft, _ := t.firstTimers.Get().(*firstTimer)
+	if ft != nil {
+		ft.c.Store(c)
+		ft.gen.Store(gen)
+		ft.t.Reset(t.firstTokenTimeout)
+		return ft
+	}
+	ft = &firstTimer{}
+	ft.c.Store(c)
+	ft.gen.Store(gen)
+	ft.t = t.clock.AfterFunc(t.firstTokenTimeout, ft.fire)
+	return ft
 }
 
 // cancelAttempt ends the current attempt, if any, with cause: a timer's,
@@ -415,8 +457,8 @@ type progressBody struct {
 
 func (b *progressBody) Read(p []byte) (int, error) {
 	b.c.firstMu.Lock()
-	if t := b.c.firstTimer; t != nil {
-		t.Reset(b.c.t.firstTokenTimeout)
+	if ft := b.c.firstTimer; ft != nil {
+		ft.t.Reset(b.c.t.firstTokenTimeout)
 	}
 	b.c.firstMu.Unlock()
 	return b.ReadCloser.Read(p)
@@ -495,12 +537,6 @@ func (e *timeoutError) Unwrap() []error {
 // tg, with tg's key and model.
 func (c *call) prepare(ctx context.Context, tg *target) *http.Request {
 	areq := c.req.WithContext(ctx)
-	// A new map, sharing the value slices: only Authorization is set, by
-	// replacing its slice, and nothing below writes into a header's values.
-	areq.Header = make(http.Header, len(c.req.Header)+1)
-	for k, v := range c.req.Header {
-		areq.Header[k] = v
-	}
 	if c.body != nil {
 		areq.Body = c.body
 	}
@@ -510,8 +546,17 @@ func (c *call) prepare(ctx context.Context, tg *target) *http.Request {
 	}
 	c.key = ""
 	if kt := c.t.router.auth(areq.URL, tg); kt != nil && kt.bearer != "" {
-		areq.Header["Authorization"] = kt.authz
+		// The request's headers and kt's Authorization, in a map of their
+		// own (see target.headers).
+		areq.Header = kt.headers(c.req.Header, c.t.shareHeaders)
 		c.key = kt.key
+	} else {
+		// A new map all the same, sharing the value slices, as the
+		// request itself must not be modified.
+		areq.Header = make(http.Header, len(c.req.Header))
+		for k, v := range c.req.Header {
+			areq.Header[k] = v
+		}
 	}
 	if tg.model != "" {
 		c.withModel(areq, tg.model)

@@ -87,7 +87,9 @@ func New(cfg Config) (*Client, error) {
 	tr.router.onRestore = func(tg *target) {
 		tr.log(context.Background(), "llmdrain: target back in rotation", "endpoint", tg.host(), "model", tg.model)
 	}
-	tr.base = newKeyGuard(baseTransport(r.HTTPClient), origins, keys)
+	base := baseTransport(r.HTTPClient)
+	_, tr.shareHeaders = base.(*http.Transport)
+	tr.base = newKeyGuard(base, origins, keys)
 	if r.MaxConcurrent > 0 {
 		tr.sem = semaphore.NewWeighted(int64(r.MaxConcurrent))
 	}

@@ -6,7 +6,9 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	"slices"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/llmdrain/llmdrain/internal/breaker"
@@ -56,8 +58,11 @@ type target struct {
 	// shared by every attempt: nothing writes into a request's header
 	// values, and a slice per attempt would cost an allocation each.
 	authz []string
-	model string // put in its completion requests; empty: left as it is
-	long  bool   // Target.LongContext
+	// headerSets are the attempt headers already made for it; see
+	// headers.
+	headerSets atomic.Pointer[[]headerSet]
+	model      string // put in its completion requests; empty: left as it is
+	long       bool   // Target.LongContext
 	// breaker takes the target out of rotation; nil (a router of one
 	// target) never does.
 	breaker *breaker.Breaker
@@ -262,6 +267,70 @@ func (r *router) otherKeys(key secret) []secret {
 		}
 	}
 	return others
+}
+
+// headerSet is the headers of a request as go-openai makes them (in),
+// and the same with a target's Authorization (out): the headers of every
+// attempt at that target whose request has exactly in.
+type headerSet struct{ in, out http.Header }
+
+// maxHeaderSets bounds a target's header sets: go-openai makes a handful
+// of shapes (JSON, streams, uploads), and a caller's odd headers must not
+// grow the list.
+const maxHeaderSets = 8
+
+// headers returns the headers of an attempt at tg of a request with
+// headers h: h and tg's Authorization. When share is set, the map is
+// shared by every attempt with the same h, made once: a new map per
+// attempt is the largest part of what an attempt costs beyond go-openai's
+// own work (an allocation, and hashing each key into it). That is safe
+// only when nothing writes into the headers of a request it is given, as
+// the http.RoundTripper contract asks, and as net/http's Transport keeps
+// to; a RoundTripper of the caller's may not, so for any other base
+// transport share is false and each attempt gets its own map. The values'
+// slices are shared either way: nothing writes into them.
+func (tg *target) headers(h http.Header, share bool) http.Header {
+	if share {
+		if sets := tg.headerSets.Load(); sets != nil {
+			for _, s := range *sets {
+				if sameHeader(s.in, h) {
+					return s.out
+				}
+			}
+		}
+	}
+	if share {
+		// A copy: go-openai's map and values are its request's, and out,
+		// shared from now on, must be made of what nobody else holds.
+		h = h.Clone()
+	}
+	out := make(http.Header, len(h)+1)
+	for k, v := range h {
+		out[k] = v
+	}
+	out["Authorization"] = tg.authz
+	if cur := tg.headerSets.Load(); share && (cur == nil || len(*cur) < maxHeaderSets) {
+		var next []headerSet
+		if cur != nil {
+			next = slices.Clone(*cur)
+		}
+		next = append(next, headerSet{in: h, out: out})
+		tg.headerSets.CompareAndSwap(cur, &next) // a lost race only loses a set
+	}
+	return out
+}
+
+// sameHeader reports whether a and b hold the same keys and values.
+func sameHeader(a, b http.Header) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for k, av := range a {
+		if bv, ok := b[k]; !ok || !slices.Equal(av, bv) {
+			return false
+		}
+	}
+	return true
 }
 
 // host names a target in logs.
