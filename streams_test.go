@@ -390,3 +390,32 @@ func TestSlowUploadIsNotSilence(t *testing.T) {
 	assert.Equal(t, int32(1), n.Load())
 	assert.Greater(t, time.Since(start), 150*time.Millisecond, "the upload outlasted the first-token timeout")
 }
+
+// Item: first-token timers stopped in time are kept for later attempts
+// (firstTimer); one kept from an answered call bounds the next call's
+// wait, from that call's start, and never ends a later attempt.
+func TestFirstTokenTimerKept(t *testing.T) {
+	srv := newServer(t)
+	const timeout = 200 * time.Millisecond
+	c := newTestClient(t, srv, Config{FirstTokenTimeout: timeout, MaxRetries: 1})
+	for i := range 5 {
+		_, err := c.CreateChatCompletion(callCtx(t), userMsg("answered"))
+		require.NoError(t, err, "round %d", i)
+
+		srv.Script(llmtest.Hang())
+		start := time.Now()
+		_, err = c.CreateChatCompletion(callCtx(t), userMsg("anyone?"))
+		took := time.Since(start)
+		require.ErrorIs(t, err, errSilent, "round %d", i)
+		assert.GreaterOrEqual(t, took, timeout, "round %d: the whole wait, counted from this call", i)
+		assert.Less(t, took, 3*time.Second, "round %d", i)
+	}
+	s, err := c.CreateChatCompletionStream(callCtx(t), userMsg("a stream"))
+	require.NoError(t, err)
+	text, err := readStream(s)
+	require.NoError(t, err)
+	assert.Equal(t, llmtest.Reply("a stream"), text)
+	require.NoError(t, s.Close())
+	assert.Equal(t, 11, srv.Stats().Requests, "one attempt each: no timer ended an attempt it was not for")
+	assert.Equal(t, 0, c.Tracker().InFlight())
+}
