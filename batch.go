@@ -17,6 +17,7 @@ import (
 	openai "github.com/sashabaranov/go-openai"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/llmdrain/llmdrain/internal/budget"
 	"github.com/llmdrain/llmdrain/internal/journal"
 )
 
@@ -76,7 +77,12 @@ type TaskResult struct {
 	Attempts int           // HTTP attempts made, retries included
 	Duration time.Duration // from start to end of the task's call
 	Usage    openai.Usage
-	Resumed  bool // completed in an earlier run, taken from the journal
+	// Cost is what the task's answer cost, priced by Config.Prices; for a
+	// resumed task, what it cost when it ran. Zero when no answer was
+	// paid for (it failed with the server's error, or did not run);
+	// Unknown when its model has no price or it reported no usage.
+	Cost    Cost
+	Resumed bool // completed in an earlier run, taken from the journal
 	// Response is the whole answer of a chat task that got one in this run
 	// (completed, or failed with ErrEmptyResponse); nil otherwise.
 	Response *openai.ChatCompletionResponse
@@ -100,10 +106,12 @@ type Progress struct {
 	Rate      float64       // tasks finished per second in this run
 	ETA       time.Duration // at the current rate; 0 when unknown
 	Usage     openai.Usage  // token totals so far
+	Cost      Cost          // of the answers paid for in this run so far
 }
 
 // String renders the progress as one terminal line, such as
-// "120/200 done, 3 failed, 5 in flight, 12.3/s, ETA 6s, 4821 tokens".
+// "120/200 done, 3 failed, 5 in flight, 12.3/s, ETA 6s, 4821 tokens, $0.0386"
+// (the cost once some is known).
 func (p Progress) String() string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "%d/%d done", p.Completed, p.Total)
@@ -118,6 +126,9 @@ func (p Progress) String() string {
 		fmt.Fprintf(&b, ", ETA %v", p.ETA.Round(time.Second))
 	}
 	fmt.Fprintf(&b, ", %d tokens", p.Usage.TotalTokens)
+	if p.Cost.USD > 0 {
+		fmt.Fprintf(&b, ", $%.4f", p.Cost.USD)
+	}
 	return b.String()
 }
 
@@ -148,6 +159,28 @@ type BatchOptions struct {
 	// (see Shard.Owns); the others are another process's. The zero value
 	// runs every task.
 	Shard Shard
+	// MaxCost caps, in US dollars, what the batch's answers may cost, in
+	// this run and, with a Journal, in the earlier runs it records (a
+	// shard's journal records its shard's). Before a task starts, its
+	// worst case is reserved: its request's JSON body in bytes (which
+	// bounds its prompt's tokens, images and audio aside) at the input
+	// price, plus its max_completion_tokens (else max_tokens, else the
+	// model's Price.MaxOutput) times n at the output price, at the
+	// dearest of its model and the fallback targets' (Target.Model). When
+	// its answer comes, the reservation is replaced by what the usage it
+	// reports costs. A task that could pass the cap waits while others
+	// run, whose real cost may leave room; when it cannot fit, or its
+	// cost cannot be bounded (a model without a price, a request without
+	// an output bound), it ends StatusNotRun with an error matching
+	// ErrBudgetExceeded, and no later task starts: the batch stops there,
+	// and run again with a larger cap and the same journal it goes on
+	// from there. So, however many tasks run at once, what the answers
+	// cost never passes the cap, as far as the reservations bound them. A
+	// failed call costs nothing here, as the API bills no error. 0 means no
+	// cap; a cap needs Config.Prices. Config.MaxCost, if set, applies too,
+	// and a task waits for room in it the same way. A task refused by
+	// this cap is never sent, so Hooks get no CallStart or CallDone for it.
+	MaxCost float64
 }
 
 // Shard names one of Count disjoint shares of a batch, so that Count
@@ -200,7 +233,10 @@ type BatchResult struct {
 	Resumed   int
 	Skipped   int          // tasks of other shards (BatchOptions.Shard)
 	Usage     openai.Usage // tokens of the tasks completed in this run
-	Elapsed   time.Duration
+	// Cost is what the answers paid for in this run cost: USD sums the
+	// known costs, Unknown says some were not known (see TaskResult.Cost).
+	Cost    Cost
+	Elapsed time.Duration
 }
 
 // journalRecord is one line of the journal: a finished task.
@@ -213,6 +249,10 @@ type journalRecord struct {
 	Attempts    int          `json:"attempts"`
 	DurationMS  int64        `json:"duration_ms"`
 	Usage       openai.Usage `json:"usage"`
+	// Cost is what the budget counted, in picodollars: the answer's
+	// cost, or its reservation when its cost was unknown.
+	Cost        int64 `json:"cost_pusd,omitempty"`
+	CostUnknown bool  `json:"cost_unknown,omitempty"`
 }
 
 // Batch runs tasks through c at bounded concurrency and returns a result
@@ -258,6 +298,9 @@ func (c *Client) Batch(ctx context.Context, tasks []Task, opts BatchOptions) (*B
 	if err := opts.Shard.validate(); err != nil {
 		return nil, err
 	}
+	if err := c.checkMaxCost(opts.MaxCost); err != nil {
+		return nil, err
+	}
 	preps := make([]prepared, len(tasks))
 	seen := make(map[string]int, len(tasks))
 	for i, t := range tasks {
@@ -280,6 +323,7 @@ func (c *Client) Batch(ctx context.Context, tasks []Task, opts BatchOptions) (*B
 			return nil, err
 		}
 	}
+	b.newBudget(opts.MaxCost)
 	for i, p := range preps {
 		r := &res.Results[i]
 		if !opts.Shard.Owns(p.id) {
@@ -289,7 +333,8 @@ func (c *Client) Batch(ctx context.Context, tasks []Task, opts BatchOptions) (*B
 		b.p.Total++
 		if rec, ok := b.done[doneKey(p.id, p.fp)]; ok {
 			*r = TaskResult{ID: r.ID, Status: StatusCompleted, Text: rec.Text, Attempts: rec.Attempts,
-				Duration: time.Duration(rec.DurationMS) * time.Millisecond, Usage: rec.Usage, Resumed: true}
+				Duration: time.Duration(rec.DurationMS) * time.Millisecond, Usage: rec.Usage, Resumed: true,
+				Cost: journaledCost(rec)}
 			b.p.Resumed++
 			b.p.Completed++
 		}
@@ -323,6 +368,7 @@ func (c *Client) Batch(ctx context.Context, tasks []Task, opts BatchOptions) (*B
 			res.Skipped++
 		}
 	}
+	res.Cost = b.p.Cost
 	res.Elapsed = time.Since(start)
 	return res, b.errors(ctx, opts.Journal, closeErr, res.NotRun, len(tasks)-res.Skipped)
 }
@@ -360,6 +406,9 @@ func (c *Client) BatchSeq(ctx context.Context, tasks iter.Seq2[Task, error], opt
 	if err := opts.Shard.validate(); err != nil {
 		return nil, err
 	}
+	if err := c.checkMaxCost(opts.MaxCost); err != nil {
+		return nil, err
+	}
 	if emit == nil {
 		emit = func(TaskResult) error { return nil }
 	}
@@ -370,6 +419,7 @@ func (c *Client) BatchSeq(ctx context.Context, tasks iter.Seq2[Task, error], opt
 			return nil, err
 		}
 	}
+	b.newBudget(opts.MaxCost)
 	res := &BatchResult{}
 	seen := make(map[[16]byte]int) // the IDs read, hashed
 	var inputErr error
@@ -414,7 +464,7 @@ func (c *Client) BatchSeq(ctx context.Context, tasks iter.Seq2[Task, error], opt
 	closeErr := b.execute(ctx, input, opts.Concurrency)
 
 	res.Completed, res.Failed, res.NotRun, res.Resumed = b.p.Completed, b.p.Failed, b.p.NotRun, b.p.Resumed
-	res.Usage = b.p.Usage
+	res.Usage, res.Cost = b.p.Usage, b.p.Cost
 	res.Elapsed = time.Since(start)
 	err := b.errors(ctx, opts.Journal, closeErr, res.NotRun, b.p.Total)
 	return res, errors.Join(err, inputErr)
@@ -425,6 +475,7 @@ type prepared struct {
 	id, fp string
 	chat   *openai.ChatCompletionRequest
 	emb    *openai.EmbeddingRequest
+	size   int // of the request's JSON body
 }
 
 // prepareTask validates task i and returns it with its ID and fingerprint.
@@ -446,6 +497,7 @@ func (c *Client) prepareTask(i int, t Task) (prepared, error) {
 		req := *t.Embeddings
 		p.emb = &req
 		body, err = json.Marshal(req)
+		p.size = len(body)
 		// Another kind of request than a chat's: another fingerprint space.
 		body = append([]byte("embeddings\x00"), body...)
 	default:
@@ -467,6 +519,7 @@ func (c *Client) prepareTask(i int, t Task) (prepared, error) {
 		req.Stream = false
 		p.chat = &req
 		body, err = json.Marshal(req)
+		p.size = len(body)
 	}
 	if err != nil {
 		return p, fmt.Errorf("%w: task %d: %w", ErrInvalidBatch, i, err)
@@ -515,6 +568,7 @@ func (b *batchRun) openJournal(path string) error {
 		if err := json.Unmarshal(raw, &rec); err != nil || rec.ID == "" {
 			return fmt.Errorf("%w: journal %s: record %d is not a task record", ErrInvalidBatch, path, n)
 		}
+		b.earlier += pico(rec.Cost) // every record's answer was paid for once
 		if rec.Status == StatusCompleted {
 			k := doneKey(rec.ID, rec.Fingerprint)
 			if b.stream {
@@ -528,7 +582,7 @@ func (b *batchRun) openJournal(path string) error {
 	})
 	switch {
 	case errors.Is(err, ErrInvalidBatch):
-		b.done = nil
+		b.done, b.earlier = nil, 0
 		return err
 	case errors.Is(err, journal.ErrLocked):
 		b.done = nil
@@ -553,12 +607,16 @@ type batchRun struct {
 	onProgress func(Progress)
 	start      time.Time
 	cancel     context.CancelCauseFunc // of the workers' context
+	budget     *budget.Budget          // BatchOptions.MaxCost; nil: no cap
+	earlier    pico                    // what the journal's earlier runs spent
+	spent      pico                    // what this run's answers cost; guarded by mu
 
 	mu         sync.Mutex // guards p, results entries once running, journalErr, sinkErr, cutCause, panicked, deliver calls
 	p          Progress
 	finished   int // tasks ended in this run
 	journalErr error
 	sinkErr    error          // emit's first error
+	budgetErr  error          // why the first task refused by the budget was
 	cutCause   error          // of the first task a deadline cut short
 	panicked   *progressPanic // set when OnProgress panicked
 }
@@ -646,7 +704,7 @@ func (b *batchRun) resumed(p prepared) bool {
 // stopped reports whether new tasks must not start.
 func (b *batchRun) stopped(ctx context.Context) bool {
 	b.mu.Lock()
-	stop := b.journalErr != nil || b.sinkErr != nil || b.panicked != nil
+	stop := b.journalErr != nil || b.sinkErr != nil || b.budgetErr != nil || b.panicked != nil
 	b.mu.Unlock()
 	return stop || ctx.Err() != nil || b.c.tracker.Draining()
 }
@@ -665,6 +723,8 @@ func (b *batchRun) stopCause(ctx context.Context) error {
 		return b.journalErr
 	case b.sinkErr != nil:
 		return b.sinkErr
+	case b.budgetErr != nil:
+		return b.budgetErr
 	case b.cutCause != nil && !b.c.tracker.Draining():
 		return b.cutCause
 	}
@@ -677,6 +737,11 @@ func (b *batchRun) run(ctx context.Context, i int, p prepared) {
 		b.notRun(i, p.id, b.stopCause(ctx))
 		return
 	}
+	reserved, err := b.reserve(ctx, p)
+	if err != nil {
+		b.notRun(i, p.id, err)
+		return
+	}
 	b.mu.Lock()
 	if b.results != nil {
 		b.results[i].Status = StatusRunning
@@ -686,14 +751,16 @@ func (b *batchRun) run(ctx context.Context, i int, p prepared) {
 	b.mu.Unlock()
 
 	cctx, rec := withCallRecord(ctx)
+	rec.reserved = b.c.cost.budget != nil
 	t0 := time.Now()
 	r := TaskResult{ID: p.id}
-	var err error
+	var spent pico // what the answer cost, as the budget counts it
 	if p.emb != nil {
 		var resp openai.EmbeddingResponse
 		resp, err = b.c.oa.CreateEmbeddings(cctx, *p.emb)
 		if err == nil {
 			r.Status, r.Usage, r.Embeddings = StatusCompleted, resp.Usage, &resp
+			spent = b.price(&r, string(resp.Model), string(p.emb.Model), reserved)
 		}
 	} else {
 		var resp openai.ChatCompletionResponse
@@ -704,13 +771,24 @@ func (b *batchRun) run(ctx context.Context, i int, p prepared) {
 		case err == nil:
 			r.Status, r.Text, r.Usage, r.Response = StatusCompleted, resp.Choices[0].Message.Content, resp.Usage, &resp
 		}
+		if err == nil {
+			spent = b.price(&r, resp.Model, p.chat.Model, reserved)
+		}
 	}
+	b.budget.Settle(int64(reserved), int64(spent))
+	b.c.cost.budget.Settle(int64(reserved), int64(spent))
 	r.Attempts, r.Duration = int(rec.attempts.Load()), time.Since(t0)
-	var cut *cutShortError
+	var (
+		cut       *cutShortError
+		budgetErr error
+	)
 	switch {
 	case err == nil:
 	case errors.Is(err, ErrDraining), errors.Is(err, ErrForcedShutdown), ctx.Err() != nil:
 		r.Status, r.Err = StatusNotRun, err
+	case errors.Is(err, ErrBudgetExceeded): // unreachable: reserve took the client's budget
+		r.Status, r.Err = StatusNotRun, err
+		budgetErr = err
 	case rec.cut.Load() == deadlineDrain:
 		cut = &cutShortError{Cause: ErrDraining, whose: "the drain's", Err: err}
 		r.Status, r.Err = StatusNotRun, cut
@@ -727,9 +805,12 @@ func (b *batchRun) run(ctx context.Context, i int, p prepared) {
 	if cut != nil && b.cutCause == nil {
 		b.cutCause = cut.Cause
 	}
+	if budgetErr != nil && b.budgetErr == nil {
+		b.budgetErr = budgetErr // no later task starts
+	}
 	if b.finishLocked(i, r) && b.journal != nil && r.Status != StatusNotRun {
 		jr := journalRecord{ID: r.ID, Fingerprint: p.fp, Status: r.Status, Attempts: r.Attempts,
-			DurationMS: r.Duration.Milliseconds(), Usage: r.Usage}
+			DurationMS: r.Duration.Milliseconds(), Usage: r.Usage, Cost: int64(spent), CostUnknown: r.Cost.Unknown}
 		if b.keepText {
 			jr.Text = r.Text
 		}
@@ -762,6 +843,11 @@ func (b *batchRun) finishLocked(i int, r TaskResult) bool {
 		}
 		b.p.NotRun++
 		return false
+	}
+	if !r.Resumed {
+		// Summed in picodollars, exactly, as the budget counts.
+		b.spent += toPico(r.Cost.USD)
+		b.p.Cost = Cost{USD: b.spent.usd(), Unknown: b.p.Cost.Unknown || r.Cost.Unknown}
 	}
 	switch r.Status {
 	case StatusCompleted:
@@ -864,4 +950,107 @@ func addUsage(dst *openai.Usage, u openai.Usage) {
 	dst.PromptTokens += u.PromptTokens
 	dst.CompletionTokens += u.CompletionTokens
 	dst.TotalTokens += u.TotalTokens
+}
+
+// checkMaxCost validates BatchOptions.MaxCost.
+func (c *Client) checkMaxCost(maxCost float64) error {
+	switch {
+	case !(maxCost >= 0) || maxCost > maxBudget:
+		return fmt.Errorf("%w: MaxCost %v is not a budget in US dollars (0 to %g)", ErrInvalidBatch, maxCost, float64(maxBudget))
+	case maxCost > 0 && len(c.cost.prices) == 0:
+		return fmt.Errorf("%w: MaxCost needs Config.Prices, to know what tasks cost", ErrInvalidBatch)
+	}
+	return nil
+}
+
+// newBudget sets up the batch's budget, if it has one, with what the
+// journal's earlier runs spent already counted.
+func (b *batchRun) newBudget(maxCost float64) {
+	if maxCost <= 0 {
+		return
+	}
+	// Sticky: once a task is refused no later one starts, so that the
+	// batch stops at one place, where a run with a larger cap goes on.
+	b.budget = budget.New(int64(toPico(maxCost)), true)
+	b.budget.Spend(int64(b.earlier))
+}
+
+// reserve reserves task p's worst-case cost in the batch's budget, if it
+// has one, and returns it; the caller settles it. When the task may not
+// start, it returns why: ctx's cause if ctx ended while it waited, or an
+// error matching ErrBudgetExceeded, which also stops the batch.
+func (b *batchRun) reserve(ctx context.Context, p prepared) (pico, error) {
+	client := b.c.cost.budget
+	if b.budget == nil && client == nil {
+		return 0, nil
+	}
+	bd := bound{promptBytes: p.size, n: 1}
+	if p.chat != nil {
+		bd = chatBound(p.chat, p.size)
+	} else {
+		bd.model, bd.embeddings = string(p.emb.Model), true
+	}
+	// The client's budget (Config.MaxCost) too, waiting as the batch's
+	// does, rather than the transport's refusal at once: the tasks in
+	// flight are the batch's own, and will settle.
+	worst, err := b.c.cost.worst(bd)
+	if err == nil {
+		if err = b.take(ctx, b.budget, worst, p.id, "batch's"); err == nil {
+			if err = b.take(ctx, client, worst, p.id, "client's"); err != nil {
+				b.budget.Settle(int64(worst), 0)
+			}
+		}
+	}
+	if err != nil {
+		if errors.Is(err, ErrBudgetExceeded) {
+			b.mu.Lock()
+			if b.budgetErr == nil {
+				b.budgetErr = err
+			}
+			b.mu.Unlock()
+		}
+		return 0, err
+	}
+	if b.stopped(ctx) { // while it waited
+		b.budget.Settle(int64(worst), 0)
+		client.Settle(int64(worst), 0)
+		return 0, b.stopCause(ctx)
+	}
+	return worst, nil
+}
+
+// take reserves worst in bg, if not nil, for task id; whose names bg in
+// the error, which matches ErrBudgetExceeded, or is why the batch stopped
+// when ctx ended while it waited.
+func (b *batchRun) take(ctx context.Context, bg *budget.Budget, worst pico, id, whose string) error {
+	err := bg.Reserve(ctx, int64(worst))
+	switch {
+	case errors.Is(err, budget.ErrExceeded):
+		return fmt.Errorf("%w: task %q could cost up to $%.6f, and $%.6f of the %s $%.6f is spent",
+			ErrBudgetExceeded, id, worst.usd(), pico(bg.Spent()).usd(), whose, pico(bg.Max()).usd())
+	case err != nil:
+		return b.stopCause(ctx)
+	}
+	return nil
+}
+
+// price sets r.Cost, the cost of an answer from respModel to a request
+// for reqModel, and returns what the budget counts for it: the cost, or,
+// when the answer reported no usage, the reservation it had.
+func (b *batchRun) price(r *TaskResult, respModel, reqModel string, reserved pico) pico {
+	u := usageOf(r.Usage)
+	cost, p := b.c.cost.of(respModel, reqModel, u)
+	r.Cost = cost
+	if !u.Known {
+		return reserved
+	}
+	return p
+}
+
+// journaledCost is the cost of the task a journal record describes.
+func journaledCost(rec journalRecord) Cost {
+	if rec.CostUnknown {
+		return Cost{Unknown: true}
+	}
+	return Cost{USD: pico(rec.Cost).usd()}
 }

@@ -112,6 +112,12 @@ func (t *transport) begin(req *http.Request) (*call, error) {
 		}
 		c.sem = t.sem
 	}
+	if err := c.reserve(); err != nil {
+		closeBody(c.req)
+		c.obs.fail(err)
+		c.release()
+		return nil, err
+	}
 	if c.body, c.getBody, err = rewindable(c.req); err != nil {
 		c.release()
 		return nil, err
@@ -142,6 +148,8 @@ func (c *call) acquire() error {
 func (c *call) observe() {
 	req := c.req
 	c.obs = newCallObs(c.t.hooks, req, c.stream, c.t.router.targets[0].base)
+	c.obs.cost = c.t.cost
+	c.obs.free = req.Method == http.MethodGet || req.Method == http.MethodHead || req.Method == http.MethodDelete
 	if req.Method == http.MethodPost && req.GetBody != nil && strings.HasPrefix(req.Header.Get("Content-Type"), "application/json") {
 		if rc, err := req.GetBody(); err == nil {
 			raw, err := readBody(rc, req.ContentLength)
@@ -165,6 +173,43 @@ func (c *call) observe() {
 		}
 	}
 	c.obs.started()
+}
+
+// reserve reserves the call's worst-case cost in the client's budget
+// (Config.MaxCost), if it has one and the call is priced by the token (a
+// chat or text completion, embeddings), unless its caller did (see
+// callRecord.reserved). The call's release settles it. It fails at once,
+// with an error matching ErrBudgetExceeded, when the call does not fit in
+// what is neither spent nor reserved, or its cost cannot be bounded. It
+// does not wait for the calls in flight to settle: one of them may be a
+// stream the same caller holds open, and would wait for itself.
+func (c *call) reserve() error {
+	b, o := c.t.cost.budget, c.obs
+	if b == nil || o == nil { // o is nil only without a budget
+		return nil
+	}
+	if r := callRecordOf(c.ctx); r != nil && r.reserved {
+		return nil
+	}
+	switch o.info.Operation {
+	case OpChat, OpTextCompletion, OpEmbeddings:
+	default:
+		return nil
+	}
+	bd, ok := requestBound(o.info.Operation, c.raw)
+	if !ok {
+		return fmt.Errorf("%w: a %s request whose body is no JSON request, its cost cannot be bounded", ErrBudgetExceeded, o.info.Operation)
+	}
+	worst, err := c.t.cost.worst(bd)
+	if err != nil {
+		return err
+	}
+	if err := b.TryReserve(int64(worst)); err != nil {
+		return fmt.Errorf("%w: the call could cost up to $%.6f, and $%.6f of the client's $%.6f is spent or reserved by calls in flight",
+			ErrBudgetExceeded, worst.usd(), pico(b.Spent()).usd(), pico(b.Max()).usd())
+	}
+	o.reserved, o.budgeted = worst, true
+	return nil
 }
 
 // readBody reads rc whole, in one allocation when n, its length, is known.

@@ -43,6 +43,13 @@ type callObs struct {
 	// injected: the call asked for stream_options.include_usage on its
 	// caller's behalf, and takes the usage event out of the stream.
 	injected bool
+
+	cost *costing // prices CallDoneInfo.Cost; its budget is settled at done
+	free bool     // a GET, HEAD or DELETE: nothing is paid for its answer
+	// reserved is what the call reserved in the client's budget, which
+	// done settles when budgeted.
+	reserved pico
+	budgeted bool
 }
 
 // newCallObs starts the observation of req's call, or returns nil without
@@ -86,9 +93,10 @@ func (o *callObs) fail(err error) {
 	o.mu.Unlock()
 }
 
-// done tells CallDone; the call's release calls it once.
+// done settles the call's reservation in the client's budget, if it made
+// one, and tells CallDone; the call's release calls it once.
 func (o *callObs) done(attempts int) {
-	if o.h.CallDone == nil {
+	if o.h.CallDone == nil && !o.budgeted {
 		return
 	}
 	o.mu.Lock()
@@ -107,8 +115,32 @@ func (o *callObs) done(attempts int) {
 		Attempts:         attempts,
 		Usage:            o.usage,
 	}
+	var spent pico
+	info.Cost, spent = o.priced()
 	o.mu.Unlock()
-	o.h.CallDone(info)
+	if o.budgeted {
+		o.cost.budget.Settle(int64(o.reserved), int64(spent))
+	}
+	if o.h.CallDone != nil {
+		o.h.CallDone(info)
+	}
+}
+
+// priced returns what the call's answer cost, and what the budget counts
+// for it; o.mu is held. A call without a successful answer cost nothing
+// (the API bills no error); a successful one costs its usage at its
+// model's price, unknown when either is, and without usage the budget
+// keeps its reservation: a stream cut before its usage event was paid for
+// up to there, by how much nobody said.
+func (o *callObs) priced() (Cost, pico) {
+	if o.status/100 != 2 || o.free {
+		return Cost{}, 0
+	}
+	cost, p := o.cost.of(o.respModel, o.info.Model, o.usage)
+	if !o.usage.Known {
+		return cost, o.reserved
+	}
+	return cost, p
 }
 
 // attempted tells AttemptDone of the attempt that ended with resp or err,
@@ -222,6 +254,8 @@ func failureType(err error) string {
 		return strconv.Itoa(se.code)
 	case errors.Is(err, ErrDraining):
 		return "draining"
+	case errors.Is(err, ErrBudgetExceeded):
+		return "budget_exceeded"
 	case errors.Is(err, ErrForcedShutdown):
 		return "forced_shutdown"
 	case errors.Is(err, ErrStreamStalled):

@@ -16,6 +16,11 @@ type callRecord struct {
 	// cut is set when a retryable failure was not retried because the wait
 	// before the next attempt would have ended after a deadline.
 	cut atomic.Int32 // one of the deadline* constants
+	// reserved is set, before the call, by a caller that reserved the
+	// call's cost in the client's budget (Config.MaxCost) itself and
+	// settles it: the batch runner, whose tasks wait for room rather than
+	// be refused at once. The transport then leaves the budget alone.
+	reserved bool
 }
 
 // Which deadline cut a call's retries short.

@@ -38,6 +38,7 @@ type Client struct {
 	public  *openai.Client // OpenAI()'s: oa with Config.Model as default
 	http    *http.Client
 	tracker *Tracker
+	cost    *costing
 	model   string
 	hooks   *Hooks // nil: none
 	target  string // the first target's base URL, for hooks
@@ -57,6 +58,7 @@ func New(cfg Config) (*Client, error) {
 	if err != nil {
 		return nil, err
 	}
+	cost := newCosting(r)
 	tr := &transport{
 		tracker:        r.Tracker,
 		policy:         retryPolicy{maxRetries: r.MaxRetries, maxRetryAfter: r.MaxRetryAfter, newBackoff: r.Backoff},
@@ -64,12 +66,16 @@ func New(cfg Config) (*Client, error) {
 		attemptTimeout: r.AttemptTimeout,
 		logger:         r.Logger,
 		hooks:          r.Hooks,
+		cost:           cost,
 		model:          r.Model,
 		apiError:       envelopeError,
 
 		firstTokenTimeout: r.FirstTokenTimeout,
 		idleTimeout:       r.StreamIdleTimeout,
 		clock:             watchdog.Real,
+	}
+	if tr.hooks == nil && cost.budget != nil {
+		tr.hooks = &Hooks{} // observed without events: see transport.hooks
 	}
 	tr.router = newRouter(r, nil)
 	r.Tracker.addHooks(r.Hooks)
@@ -119,6 +125,7 @@ func New(cfg Config) (*Client, error) {
 		public:    openai.NewClientWithConfig(pc),
 		http:      hc,
 		tracker:   r.Tracker,
+		cost:      cost,
 		model:     r.Model,
 		hooks:     r.Hooks,
 		target:    r.endpoints[0],

@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"sort"
 	"strings"
 	"time"
 	"unicode"
@@ -191,6 +192,28 @@ type Config struct {
 	// (stream_options.include_usage): the stream then ends with an event
 	// whose choices are empty.
 	Hooks *Hooks
+
+	// Prices prices the tokens of the client's answers, by model: the
+	// costs of batch tasks and batches, and the budgets (MaxCost,
+	// BatchOptions.MaxCost) read it. Load it with LoadPrices or write it
+	// in code; llmdrain ships none. Nil means every cost is unknown
+	// (Cost.Unknown), never zero. Each price must be finite and not
+	// negative.
+	Prices Prices
+	// MaxCost caps, in US dollars, what the client's chat completion,
+	// text completion and embeddings calls may cost together over its
+	// life, whichever method makes them (a batch's tasks included). Before
+	// each such call its worst case (see BatchOptions.MaxCost) is reserved,
+	// and replaced by its real cost once its answer is done (a stream's
+	// usage event, which llmdrain asks for). A call whose worst case does
+	// not fit in what is neither spent nor reserved by the calls in flight
+	// is refused at once with ErrBudgetExceeded, nothing sent; it does not
+	// wait for them, one of which could be a stream its own caller holds
+	// open. A batch's tasks do wait, for the batch's other tasks. So
+	// spending never passes the cap, as far as the reservations bound it.
+	// Calls to other endpoints are not priced by the token and are not
+	// counted. 0 means no cap; a cap needs Prices.
+	MaxCost float64
 }
 
 // String describes the config with the API keys redacted.
@@ -199,8 +222,12 @@ func (c Config) String() string {
 	if len(c.Fallbacks) > 0 {
 		fallbacks = ", Fallbacks: " + targetsString(c.Fallbacks)
 	}
-	return fmt.Sprintf("llmdrain.Config{APIKey: %s, BaseURL: %q, FallbackURLs: %q%s, Model: %q, MaxRetries: %d, MaxConcurrent: %d, AttemptTimeout: %v, FirstTokenTimeout: %v, StreamIdleTimeout: %v}",
-		redact(c.APIKey), redactURL(c.BaseURL), redactURLs(c.FallbackURLs), fallbacks, c.Model, c.MaxRetries, c.MaxConcurrent, c.AttemptTimeout, c.FirstTokenTimeout, c.StreamIdleTimeout)
+	cost := ""
+	if len(c.Prices) > 0 || c.MaxCost != 0 {
+		cost = fmt.Sprintf(", Prices: %d models, MaxCost: %v", len(c.Prices), c.MaxCost)
+	}
+	return fmt.Sprintf("llmdrain.Config{APIKey: %s, BaseURL: %q, FallbackURLs: %q%s, Model: %q, MaxRetries: %d, MaxConcurrent: %d, AttemptTimeout: %v, FirstTokenTimeout: %v, StreamIdleTimeout: %v%s}",
+		redact(c.APIKey), redactURL(c.BaseURL), redactURLs(c.FallbackURLs), fallbacks, c.Model, c.MaxRetries, c.MaxConcurrent, c.AttemptTimeout, c.FirstTokenTimeout, c.StreamIdleTimeout, cost)
 }
 
 // Format makes every fmt verb (%v, %+v, %#v, %s, %d, ...) print String, so
@@ -220,6 +247,8 @@ func (c Config) LogValue() slog.Value {
 		slog.Duration("attempt_timeout", c.AttemptTimeout),
 		slog.Duration("first_token_timeout", c.FirstTokenTimeout),
 		slog.Duration("stream_idle_timeout", c.StreamIdleTimeout),
+		slog.Int("prices", len(c.Prices)),
+		slog.Float64("max_cost", c.MaxCost),
 	)
 }
 
@@ -478,8 +507,41 @@ func resolve(cfg Config) (resolved, error) {
 	if cfg.Tracker == nil {
 		cfg.Tracker = NewTracker()
 	}
+	for _, name := range sortedKeys(cfg.Prices) {
+		pr := cfg.Prices[name]
+		for _, f := range []struct {
+			field string
+			v     float64
+		}{{"Input", pr.Input}, {"CachedInput", pr.CachedInput}, {"Output", pr.Output}} {
+			if !(f.v >= 0) || f.v > MaxPrice {
+				bad(fmt.Sprintf("Prices[%q].%s", name, f.field), "%v is not a price in US dollars per million tokens (0 to %g)", f.v, float64(MaxPrice))
+			}
+		}
+		if pr.MaxOutput < 0 {
+			bad(fmt.Sprintf("Prices[%q].MaxOutput", name), "negative (%d); use 0 for unknown", pr.MaxOutput)
+		}
+	}
+	switch {
+	case !(cfg.MaxCost >= 0) || cfg.MaxCost > maxBudget:
+		bad("MaxCost", "%v is not a budget in US dollars (0 to %g); use 0 for no cap", cfg.MaxCost, float64(maxBudget))
+	case cfg.MaxCost > 0 && len(cfg.Prices) == 0:
+		bad("MaxCost", "a cap needs Prices, to know what calls cost")
+	}
 	r.Config = cfg
 	return r, errors.Join(errs...)
+}
+
+// maxBudget is the largest budget accepted, in US dollars: budgets are
+// kept in picodollars in an int64.
+const maxBudget = 1e6
+
+func sortedKeys(p Prices) []string {
+	keys := make([]string, 0, len(p))
+	for k := range p {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
 }
 
 // watchdogLimit resolves a watchdog's timeout: 0 is the default, a

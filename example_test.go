@@ -218,6 +218,38 @@ func ExampleTarget() {
 	// Output: other-model <nil> 3 1
 }
 
+// A price table in LiteLLM's format, and a batch capped at what it may
+// spend: the tasks that could pass the cap do not start, and a run with a
+// larger cap and the same journal goes on from there.
+func ExampleBatchOptions_maxCost() {
+	srv := llmtest.NewServer()
+	defer srv.Close()
+
+	prices, err := llmdrain.LoadPrices(strings.NewReader(`{
+		"gpt-4o": {"input_cost_per_token": 2.5e-06, "output_cost_per_token": 1e-05, "max_output_tokens": 16384}
+	}`))
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	c, _ := llmdrain.New(llmdrain.Config{APIKey: "sk-example", BaseURL: srv.URL, Prices: prices})
+	var tasks []llmdrain.Task
+	for i := range 5 {
+		req := openai.ChatCompletionRequest{MaxCompletionTokens: 50,
+			Messages: []openai.ChatCompletionMessage{{Role: openai.ChatMessageRoleUser, Content: fmt.Sprint("question ", i)}}}
+		tasks = append(tasks, llmdrain.Task{Request: &req})
+	}
+	// Each task may cost up to 50 tokens at $10/M plus its prompt's bound,
+	// $0.00078, and really costs $0.000045: under a $0.00085 cap the
+	// third could pass it, and does not start.
+	res, err := c.Batch(context.Background(), tasks, llmdrain.BatchOptions{Concurrency: 1, MaxCost: 0.00085})
+	fmt.Println(res.Completed, "completed,", res.NotRun, "not run, cost", res.Cost)
+	fmt.Println(errors.Is(err, llmdrain.ErrBudgetExceeded))
+	// Output:
+	// 2 completed, 3 not run, cost $0.000090
+	// true
+}
+
 // Hooks are told of each call, its attempts and waits, with the tokens
 // the answer says it used: the base of metrics and cost accounting.
 func ExampleHooks() {

@@ -122,6 +122,7 @@ type CallDoneInfo struct {
 	// ErrorType is "" on success, else a low-cardinality name of the
 	// error, fit for a metric's error.type attribute: the HTTP status
 	// ("429", "500"), "timeout", "canceled", "draining",
+	// "budget_exceeded" (refused by Config.MaxCost, nothing sent),
 	// "forced_shutdown", "stream_stalled", "stream_cut",
 	// "malformed_event", "connection", else "other".
 	ErrorType string
@@ -135,6 +136,11 @@ type CallDoneInfo struct {
 	Attempts int
 	// Usage is the answer's token count, if it carried one.
 	Usage Usage
+	// Cost is what the answer cost, priced by Config.Prices from Usage and
+	// ResponseModel (else Model): zero for a call that got no answer to
+	// pay for (Err an error status, or no response at all); Unknown when
+	// the model has no price or the answer carried no usage.
+	Cost Cost
 }
 
 // AttemptInfo describes one HTTP attempt of a call, as it is judged.

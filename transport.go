@@ -64,7 +64,12 @@ type transport struct {
 	// attempts; see firstTimer.
 	firstTimers sync.Pool
 	logger      *slog.Logger // nil: silent
-	hooks       *Hooks       // nil: no events, and no per-call observation
+	// hooks are told of the calls; nil: no events, and no per-call
+	// observation. A client with a budget and no Hooks has empty ones:
+	// the budget needs what the observation reads (the request's model,
+	// the answer's usage).
+	hooks *Hooks
+	cost  *costing // the prices, and the budget of Config.MaxCost
 	// shareHeaders: the base transport is net/http's, which never writes
 	// into a request's headers, so attempts may share theirs; see
 	// target.headers.

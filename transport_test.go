@@ -287,7 +287,9 @@ func TestPlainBodyFailureRetried(t *testing.T) {
 // the call with a RetryError that still matches the body's error.
 func TestPlainBodyFailureExhausted(t *testing.T) {
 	srv, n := scriptedServer(t, headersThen(200, "application/json", okBody, len(okBody)/2, true, false))
-	cl := scriptedClient(t, srv, Config{AttemptTimeout: 50 * time.Millisecond, MaxRetries: 1})
+	// Long enough for each request to reach the server on a loaded machine:
+	// the body stalls for good, so only the timeout ends each attempt.
+	cl := scriptedClient(t, srv, Config{AttemptTimeout: 500 * time.Millisecond, MaxRetries: 1})
 	_, err := plainChat(callCtx(t), cl, "x")
 	var re *RetryError
 	require.ErrorAs(t, err, &re)

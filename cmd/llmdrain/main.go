@@ -31,6 +31,11 @@
 //	                  a signal (0: no limit)
 //	-base-url URL     API root (default $HOLYSHEEP_BASE_URL, then HolySheep's)
 //	-model NAME       model of chat requests whose body names none
+//	-prices FILE      price table in LiteLLM's model_prices_and_context_window.json
+//	                  format: the summary says what the answers cost
+//	-max-cost USD     stop before the answers of this batch (its journal's
+//	                  earlier runs included) could cost more than USD; needs
+//	                  -prices. Raise it and run again to go on
 //	-grace D          how long a signal waits for running requests (default 60s)
 //	-progress D       interval of the progress lines when stderr is not a
 //	                  terminal (default 10s); on a terminal, a progress bar
@@ -52,9 +57,9 @@
 //
 // Exit codes of llmdrain batch: 0 every request answered; 1 some failed
 // (their results hold the errors); 2 bad usage, configuration (no API key)
-// or input, nothing sent; 3 stopped (a signal or -max-tasks) with requests
-// left: run the same command again to resume. Of llmdrain batch merge: 0
-// every custom_id has a result; 1 some are missing (they are listed); 2 bad
+// or input, nothing sent; 3 stopped (a signal, -max-tasks or -max-cost)
+// with requests left: run the same command again to resume (after -max-cost,
+// with a larger one). Of llmdrain batch merge: 0 every custom_id has a result; 1 some are missing (they are listed); 2 bad
 // usage or input.
 package main
 
@@ -114,6 +119,8 @@ type options struct {
 	shard            string
 	maxTasks         int
 	baseURL, model   string
+	prices           string
+	maxCost          float64
 	grace, every     time.Duration
 	verbose          bool
 }
@@ -130,6 +137,8 @@ func batch(args []string, stdout io.Writer, stderr *os.File, getenv func(string)
 	fs.IntVar(&o.maxTasks, "max-tasks", 0, "send at most this many requests in this run, then stop (0: no limit)")
 	fs.StringVar(&o.baseURL, "base-url", "", "API root (default $"+llmdrain.EnvBaseURL+", then "+llmdrain.DefaultBaseURL+")")
 	fs.StringVar(&o.model, "model", "", "model of chat requests whose body names none (default "+llmdrain.DefaultModel+")")
+	fs.StringVar(&o.prices, "prices", "", "price table, LiteLLM's model_prices_and_context_window.json format: report what the answers cost")
+	fs.Float64Var(&o.maxCost, "max-cost", 0, "stop before the batch's answers, earlier runs included, could cost more than this many US dollars; needs -prices (0: no cap)")
 	fs.DurationVar(&o.grace, "grace", 60*time.Second, "how long a signal waits for running requests")
 	fs.DurationVar(&o.every, "progress", 10*time.Second, "interval of progress lines when stderr is not a terminal")
 	fs.BoolVar(&o.verbose, "v", false, "log retries and shutdown steps to stderr")
@@ -146,6 +155,21 @@ func batch(args []string, stdout io.Writer, stderr *os.File, getenv func(string)
 	}
 	if o.concurrency <= 0 || o.maxTasks < 0 {
 		return fail("-concurrency must be positive and -max-tasks not negative")
+	}
+	if !(o.maxCost >= 0) || o.maxCost > 0 && o.prices == "" {
+		return fail("-max-cost must not be negative, and needs -prices")
+	}
+	var prices llmdrain.Prices
+	if o.prices != "" {
+		f, err := os.Open(o.prices)
+		if err != nil {
+			return fail("%v", err)
+		}
+		prices, err = llmdrain.LoadPrices(f)
+		f.Close()
+		if err != nil {
+			return fail("%s: %v", o.prices, err)
+		}
 	}
 	shard, err := parseShard(o.shard, getenv("JOB_COMPLETION_INDEX"))
 	if err != nil {
@@ -184,7 +208,7 @@ func batch(args []string, stdout io.Writer, stderr *os.File, getenv func(string)
 		level = slog.LevelInfo
 	}
 	logger := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
-	client, err := llmdrain.New(llmdrain.Config{BaseURL: o.baseURL, Model: o.model, Logger: logger})
+	client, err := llmdrain.New(llmdrain.Config{BaseURL: o.baseURL, Model: o.model, Logger: logger, Prices: prices})
 	if err != nil {
 		return fail("%v", err)
 	}
@@ -244,6 +268,7 @@ func batch(args []string, stdout io.Writer, stderr *os.File, getenv func(string)
 		Journal:     o.journal,
 		Shard:       shard,
 		OnProgress:  prog.update,
+		MaxCost:     o.maxCost,
 	}, func(r llmdrain.TaskResult) error {
 		if r.Resumed {
 			// In the journal but not in the output: its answer was lost
@@ -278,8 +303,12 @@ func batch(args []string, stdout io.Writer, stderr *os.File, getenv func(string)
 		where = " shard " + shard.String() + ":"
 	}
 	left := sum.Owned - out.Len() - lost
-	fmt.Fprintf(stdout, "llmdrain:%s %d of %d requests have a result (%d from earlier runs), %d failed, %d left; results in %s\n",
-		where, out.Len(), sum.Owned, earlier, out.Failed(), left, o.out)
+	cost := ""
+	if prices != nil {
+		cost = ", cost " + res.Cost.String() + " in this run"
+	}
+	fmt.Fprintf(stdout, "llmdrain:%s %d of %d requests have a result (%d from earlier runs), %d failed, %d left%s; results in %s\n",
+		where, out.Len(), sum.Owned, earlier, out.Failed(), left, cost, o.out)
 	switch {
 	case writeErr != nil:
 		fmt.Fprintf(stderr, "llmdrain: writing %s: %v\n", o.out, writeErr)
@@ -290,8 +319,11 @@ func batch(args []string, stdout io.Writer, stderr *os.File, getenv func(string)
 		return exitFailed
 	case left > 0:
 		why := "stopped"
-		if capped && res.NotRun == 0 {
+		switch {
+		case capped && res.NotRun == 0:
 			why = "stopped at -max-tasks"
+		case errors.Is(err, llmdrain.ErrBudgetExceeded):
+			why = fmt.Sprintf("stopped at -max-cost %v (raise it to go on)", o.maxCost)
 		}
 		fmt.Fprintf(stderr, "llmdrain: %s with %d requests left; run the same command again to resume\n", why, left)
 		return exitStopped

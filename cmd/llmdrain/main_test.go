@@ -428,3 +428,43 @@ func TestShardFlag(t *testing.T) {
 	}
 	assert.Equal(t, "dir/results.2-of-4.jsonl", shardPath("dir/results.jsonl", llmdrain.Shard{Index: 2, Count: 4}))
 }
+
+// -max-cost stops the batch where the money runs out, exit 3; the same cap
+// sends nothing more (the journal counts the earlier run), a larger one
+// goes on exactly there. -prices alone reports the cost.
+func TestMaxCostStopsAndResumes(t *testing.T) {
+	srv, env := upstream(t, llmtest.WithModels("gpt-4o-mini"))
+	dir := t.TempDir()
+	in, out := filepath.Join(dir, "in.jsonl"), filepath.Join(dir, "out.jsonl")
+	writeInput(t, in, promptList(30))
+	// The input is free and an answer ("You said: prompt-NNN") is 3
+	// tokens, which MaxOutput bounds exactly: $0.000003 a request.
+	prices := filepath.Join(dir, "prices.json")
+	require.NoError(t, os.WriteFile(prices, []byte(`{"sample_spec": {"max_output_tokens": "doc"},
+		"gpt-4o-mini": {"input_cost_per_token": 0, "output_cost_per_token": 1e-06, "max_output_tokens": 3, "mode": "chat"}}`), 0o644))
+
+	p := start(t, env, "batch", "-in", in, "-out", out, "-concurrency", "8", "-prices", prices, "-max-cost", "0.00003")
+	require.Equal(t, 3, p.wait(t, 30*time.Second), p.output())
+	assert.Contains(t, p.output(), "10 of 30 requests have a result (0 from earlier runs), 0 failed, 20 left, cost $0.000030 in this run")
+	assert.Contains(t, p.output(), "stopped at -max-cost 3e-05 (raise it to go on) with 20 requests left")
+	assert.Equal(t, 10, srv.Stats().Requests)
+
+	p = start(t, env, "batch", "-in", in, "-out", out, "-prices", prices, "-max-cost", "0.00003")
+	require.Equal(t, 3, p.wait(t, 30*time.Second), p.output())
+	assert.Equal(t, 10, srv.Stats().Requests, "the journal's spend fills the same cap")
+
+	p = start(t, env, "batch", "-in", in, "-out", out, "-prices", prices, "-max-cost", "0.0001")
+	require.Equal(t, 0, p.wait(t, 30*time.Second), p.output())
+	assert.Contains(t, p.output(), "30 of 30 requests have a result (10 from earlier runs), 0 failed, 0 left, cost $0.000060 in this run")
+	assert.Equal(t, 30, srv.Stats().Requests)
+	order, _ := results(t, out)
+	assert.Len(t, order, 30)
+
+	p = start(t, env, "batch", "-in", in, "-out", out, "-max-cost", "1")
+	assert.Equal(t, 2, p.wait(t, 30*time.Second))
+	assert.Contains(t, p.output(), "-max-cost must not be negative, and needs -prices")
+	require.NoError(t, os.WriteFile(prices, []byte(`{"gpt-4o-mini": {"input_cost_per_token": "free"}}`), 0o644))
+	p = start(t, env, "batch", "-in", in, "-out", out, "-prices", prices)
+	assert.Equal(t, 2, p.wait(t, 30*time.Second))
+	assert.Contains(t, p.output(), `"gpt-4o-mini": input_cost_per_token: not a number`)
+}
