@@ -654,9 +654,10 @@ func (c *call) handOver(resp *http.Response) *http.Response {
 	others := t.router.otherKeys(c.key)
 	body := resp.Body
 	ok := resp.StatusCode/100 == 2
+	sse := isSSE(resp)
 	if c.obs != nil {
 		c.obs.status = resp.StatusCode
-		if ok && (c.stream || isSSE(resp)) {
+		if ok && (c.stream || sse) {
 			body = &usageBody{rc: body, o: c.obs, strip: c.obs.injected}
 		}
 	}
@@ -673,7 +674,7 @@ func (c *call) handOver(resp *http.Response) *http.Response {
 		// http.ErrUseLastResponse). go-openai would read the latter as a
 		// stream, its page as no events, and end with a clean io.EOF.
 		body = &notStreamBody{rc: body, status: resp.Status}
-	case ok && t.apiError != nil && !isSSE(resp) && (c.stream || c.jsonCall):
+	case ok && t.apiError != nil && !sse && (c.stream || c.jsonCall):
 		apiError := t.apiError
 		if len(others) > 0 {
 			apiError = func(resp *http.Response, b []byte) error {
@@ -686,7 +687,7 @@ func (c *call) handOver(resp *http.Response) *http.Response {
 		tb.env = envelopeBody{rc: body, resp: resp, key: c.key, apiError: apiError}
 		body = &tb.env
 	}
-	if ok && (c.stream || isSSE(resp)) {
+	if ok && (c.stream || sse) {
 		// go-openai reads a stream by lines, and makes an error of some:
 		// the key must not be in them.
 		if c.key != "" {
@@ -702,7 +703,7 @@ func (c *call) handOver(resp *http.Response) *http.Response {
 	// "stream": true or sent a JSON body must not pass for a complete,
 	// empty stream.
 	// A successful stream is watched: its events kick the idle watchdog.
-	if ok && (isSSE(resp) || c.stream) {
+	if ok && (sse || c.stream) {
 		tb.sse = &sseWatcher{mustEnd: endsWithDone(c.req.URL.Path), wd: c.wd}
 	}
 	resp.Body = tb

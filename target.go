@@ -272,7 +272,29 @@ func (r *router) otherKeys(key secret) []secret {
 // headerSet is the headers of a request as go-openai makes them (in),
 // and the same with a target's Authorization (out): the headers of every
 // attempt at that target whose request has exactly in.
-type headerSet struct{ in, out http.Header }
+type headerSet struct {
+	in  []headerField // in a slice: walking it is cheaper than a map
+	out http.Header
+}
+
+// headerField is a header's name and values.
+type headerField struct {
+	key    string
+	values []string
+}
+
+// matches reports whether h has exactly the fields of s.in.
+func (s *headerSet) matches(h http.Header) bool {
+	if len(h) != len(s.in) {
+		return false
+	}
+	for _, f := range s.in { // distinct keys, as many as h's: all of them
+		if v, ok := h[f.key]; !ok || !slices.Equal(v, f.values) {
+			return false
+		}
+	}
+	return true
+}
 
 // maxHeaderSets bounds a target's header sets: go-openai makes a handful
 // of shapes (JSON, streams, uploads), and a caller's odd headers must not
@@ -292,8 +314,8 @@ const maxHeaderSets = 8
 func (tg *target) headers(h http.Header, share bool) http.Header {
 	if share {
 		if sets := tg.headerSets.Load(); sets != nil {
-			for _, s := range *sets {
-				if sameHeader(s.in, h) {
+			for i := range *sets {
+				if s := &(*sets)[i]; s.matches(h) {
 					return s.out
 				}
 			}
@@ -314,23 +336,14 @@ func (tg *target) headers(h http.Header, share bool) http.Header {
 		if cur != nil {
 			next = slices.Clone(*cur)
 		}
-		next = append(next, headerSet{in: h, out: out})
+		in := make([]headerField, 0, len(h))
+		for k, v := range h {
+			in = append(in, headerField{k, v})
+		}
+		next = append(next, headerSet{in: in, out: out})
 		tg.headerSets.CompareAndSwap(cur, &next) // a lost race only loses a set
 	}
 	return out
-}
-
-// sameHeader reports whether a and b hold the same keys and values.
-func sameHeader(a, b http.Header) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for k, av := range a {
-		if bv, ok := b[k]; !ok || !slices.Equal(av, bv) {
-			return false
-		}
-	}
-	return true
 }
 
 // host names a target in logs.
