@@ -2,6 +2,7 @@ package llmdrain_test
 
 import (
 	"context"
+	"crypto/tls"
 	"io"
 	"net/http"
 	"strconv"
@@ -39,6 +40,17 @@ func (cannedTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	}, nil
 }
 
+// cannedHTTP is a net/http Transport whose https requests cannedTransport
+// answers: the client sees net/http's Transport, as it does by default,
+// and nothing goes over a socket.
+func cannedHTTP() *http.Transport {
+	// A non-nil TLSNextProto keeps net/http from registering HTTP/2 for
+	// https, which cannedTransport has taken.
+	t := &http.Transport{TLSNextProto: map[string]func(string, *tls.Conn) http.RoundTripper{}}
+	t.RegisterProtocol("https", cannedTransport{})
+	return t
+}
+
 // BenchmarkClientOverhead is BenchmarkCreateChatCompletion without the
 // network: every client's transport answers at once from memory, so
 // ns/op and allocs/op are the clients' own, and the difference between
@@ -48,14 +60,14 @@ func (cannedTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 func BenchmarkClientOverhead(b *testing.B) {
 	cfg := openai.DefaultConfig(benchKey)
 	cfg.BaseURL = "https://api.example.com/v1"
-	cfg.HTTPClient = &http.Client{Transport: cannedTransport{}}
+	cfg.HTTPClient = &http.Client{Transport: cannedHTTP()}
 	bare := openai.NewClientWithConfig(cfg)
-	ld, err := llmdrain.New(llmdrain.Config{APIKey: benchKey, BaseURL: cfg.BaseURL, HTTPClient: &http.Client{Transport: cannedTransport{}}})
+	ld, err := llmdrain.New(llmdrain.Config{APIKey: benchKey, BaseURL: cfg.BaseURL, HTTPClient: &http.Client{Transport: cannedHTTP()}})
 	if err != nil {
 		b.Fatal(err)
 	}
 	defer ld.Shutdown(context.Background())
-	hk, err := llmdrain.New(llmdrain.Config{APIKey: benchKey, BaseURL: cfg.BaseURL, HTTPClient: &http.Client{Transport: cannedTransport{}}, Hooks: &llmdrain.Hooks{
+	hk, err := llmdrain.New(llmdrain.Config{APIKey: benchKey, BaseURL: cfg.BaseURL, HTTPClient: &http.Client{Transport: cannedHTTP()}, Hooks: &llmdrain.Hooks{
 		CallStart:    func(llmdrain.CallStartInfo) {},
 		CallDone:     func(llmdrain.CallDoneInfo) {},
 		AttemptDone:  func(llmdrain.AttemptInfo) {},
