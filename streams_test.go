@@ -396,9 +396,10 @@ func TestSlowUploadIsNotSilence(t *testing.T) {
 // wait, from that call's start, and never ends a later attempt.
 func TestFirstTokenTimerKept(t *testing.T) {
 	srv := newServer(t)
-	const timeout = 200 * time.Millisecond
+	// Long enough that an answer on a loaded machine comes well within it.
+	const timeout = time.Second
 	c := newTestClient(t, srv, Config{FirstTokenTimeout: timeout, MaxRetries: 1})
-	for i := range 5 {
+	for i := range 3 {
 		_, err := c.CreateChatCompletion(callCtx(t), userMsg("answered"))
 		require.NoError(t, err, "round %d", i)
 
@@ -408,7 +409,7 @@ func TestFirstTokenTimerKept(t *testing.T) {
 		took := time.Since(start)
 		require.ErrorIs(t, err, errSilent, "round %d", i)
 		assert.GreaterOrEqual(t, took, timeout, "round %d: the whole wait, counted from this call", i)
-		assert.Less(t, took, 3*time.Second, "round %d", i)
+		assert.Less(t, took, 10*time.Second, "round %d", i)
 	}
 	s, err := c.CreateChatCompletionStream(callCtx(t), userMsg("a stream"))
 	require.NoError(t, err)
@@ -416,6 +417,6 @@ func TestFirstTokenTimerKept(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, llmtest.Reply("a stream"), text)
 	require.NoError(t, s.Close())
-	assert.Equal(t, 11, srv.Stats().Requests, "one attempt each: no timer ended an attempt it was not for")
+	assert.Equal(t, 7, srv.Stats().Requests, "one attempt each: no timer ended an attempt it was not for")
 	assert.Equal(t, 0, c.Tracker().InFlight())
 }
