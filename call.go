@@ -591,17 +591,14 @@ func (c *call) prepare(ctx context.Context, tg *target) *http.Request {
 	}
 	c.key = ""
 	if kt := c.t.router.auth(areq.URL, tg); kt != nil && kt.bearer != "" {
-		// The request's headers and kt's Authorization, in a map of their
-		// own (see target.headers).
+		// The request's headers and kt's key, in a map of their own (see
+		// target.headers).
 		areq.Header = kt.headers(c.req.Header, c.t.shareHeaders)
 		c.key = kt.key
 	} else {
-		// A new map all the same, sharing the value slices, as the
-		// request itself must not be modified.
-		areq.Header = make(http.Header, len(c.req.Header))
-		for k, v := range c.req.Header {
-			areq.Header[k] = v
-		}
+		// A new map all the same, as the request itself must not be
+		// modified, without credentials (see withoutCredentials).
+		areq.Header = withoutCredentials(c.req.Header, 0)
 	}
 	if tg.model != "" {
 		c.withModel(areq, tg.model)

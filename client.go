@@ -77,6 +77,26 @@ func New(cfg Config) (*Client, error) {
 	if tr.hooks == nil && cost.budget != nil {
 		tr.hooks = &Hooks{} // observed without events: see transport.hooks
 	}
+	hc := &http.Client{
+		Transport:     tr,
+		CheckRedirect: r.HTTPClient.CheckRedirect,
+		Jar:           r.HTTPClient.Jar,
+		Timeout:       r.HTTPClient.Timeout,
+	}
+	// No key for go-openai: the transport adds it, to the endpoints only.
+	oc := openai.DefaultConfig("")
+	oc.BaseURL = r.endpoints[0]
+	do := &refusalDoer{hc: hc}
+	oc.HTTPClient = do
+	if r.OpenAIConfig != nil {
+		r.OpenAIConfig(&oc)
+		if oc.BaseURL != r.endpoints[0] || oc.HTTPClient != openai.HTTPDoer(do) {
+			return nil, errors.Join(&ConfigError{Field: "OpenAIConfig", Problem: "changed the ClientConfig's BaseURL or HTTPClient, which llmdrain owns; set Config.BaseURL, Config.Fallbacks and Config.HTTPClient instead"})
+		}
+	}
+	// Azure wants the key in an api-key header rather than as a bearer
+	// token; go-openai would set it, empty, and the call fills it in.
+	r.apiKeyHeader = oc.APIType == openai.APITypeAzure || oc.APIType == openai.APITypeCloudflareAzure
 	tr.router = newRouter(r, nil)
 	r.Tracker.addHooks(r.Hooks)
 	var (
@@ -87,8 +107,9 @@ func New(cfg Config) (*Client, error) {
 		origins = append(origins, tg.origin)
 		keys = append(keys, tg.key)
 	}
+	warnInsecure(r.Logger, tr.router.targets)
 	tr.router.onEject = func(tg *target, d time.Duration) {
-		tr.log(context.Background(), "llmdrain: target out of rotation", "endpoint", tg.host(), "model", tg.model, "cooldown", d)
+		tr.warn(context.Background(), "llmdrain: target out of rotation", "endpoint", tg.host(), "model", tg.model, "cooldown", d)
 	}
 	tr.router.onRestore = func(tg *target) {
 		tr.log(context.Background(), "llmdrain: target back in rotation", "endpoint", tg.host(), "model", tg.model)
@@ -103,22 +124,12 @@ func New(cfg Config) (*Client, error) {
 	if len(r.targets) > 1 {
 		fallbacks = targetsString(r.targets[1:])
 	}
-	hc := &http.Client{
-		Transport:     tr,
-		CheckRedirect: r.HTTPClient.CheckRedirect,
-		Jar:           r.HTTPClient.Jar,
-		Timeout:       r.HTTPClient.Timeout,
-	}
-	// No key for go-openai: the transport adds it, to the endpoints only.
-	oc := openai.DefaultConfig("")
-	oc.BaseURL = r.endpoints[0]
-	oc.HTTPClient = hc
 	// OpenAI()'s client is the same but for the default model, which
 	// Client's own methods set on the request, costing nothing.
 	pc := oc
 	phc := *hc
 	phc.Transport = &modelDefault{next: tr, model: r.Model}
-	pc.HTTPClient = &phc
+	pc.HTTPClient = &refusalDoer{hc: &phc}
 	return &Client{
 		retry:     chatRetry{policy: tr.policy, shouldRetry: tr.shouldRetry, logger: tr.logger},
 		oa:        openai.NewClientWithConfig(oc),
@@ -132,6 +143,37 @@ func New(cfg Config) (*Client, error) {
 		base:      redactURL(r.endpoints[0]),
 		fallbacks: fallbacks,
 	}, nil
+}
+
+// refusalDoer is the http.Client go-openai is given. A call refused with
+// ErrDraining sent nothing, so it returns ErrDraining as it is, without the
+// *url.Error that would name a URL ("Post \"https://...\": ...") as if a
+// request had gone there; every other error is the http.Client's.
+type refusalDoer struct{ hc *http.Client }
+
+func (d *refusalDoer) Do(req *http.Request) (*http.Response, error) {
+	resp, err := d.hc.Do(req)
+	if ue, ok := err.(*url.Error); ok && ue.Err == ErrDraining {
+		return nil, ErrDraining
+	}
+	return resp, err
+}
+
+// warnInsecure logs, once per endpoint, each plain-http target that is not
+// loopback (Config.InsecurePlainHTTP): its key crosses a network in clear.
+func warnInsecure(logger *slog.Logger, targets []*target) {
+	if logger == nil {
+		return
+	}
+	var seen []string
+	for _, tg := range targets {
+		if tg.origin.scheme != "http" || isLoopback((&url.URL{Host: tg.origin.host}).Hostname()) || slices.Contains(seen, tg.origin.host) {
+			continue
+		}
+		seen = append(seen, tg.origin.host)
+		logger.Warn("llmdrain: plain http to a host that is not loopback (InsecurePlainHTTP): the API key and the prompts cross the network unencrypted",
+			"endpoint", tg.host(), "target", tg.index)
+	}
 }
 
 // newRouter makes the router of r's targets, their breakers reading now
@@ -148,7 +190,10 @@ func newRouter(r resolved, now func() time.Time) *router {
 			key: secret(t.APIKey), model: t.Model, long: t.LongContext}
 		if tg.key != "" {
 			tg.bearer = "Bearer " + tg.key
-			tg.authz = []string{string(tg.bearer)}
+			tg.authHeader, tg.authz = "Authorization", []string{string(tg.bearer)}
+			if r.apiKeyHeader {
+				tg.authHeader, tg.authz = "Api-Key", []string{string(tg.key)}
+			}
 		}
 		if len(r.targets) > 1 {
 			p := breaker.Policy{Threshold: r.FailoverAfter, Base: r.Cooldown, Max: r.MaxCooldown, Now: now}
@@ -379,7 +424,9 @@ func (c *Client) Tracker() *Tracker { return c.tracker }
 // ErrDraining at once, and Shutdown returns nil as soon as the calls in
 // flight (streams until closed) have finished. If ctx ends first, the calls
 // still in flight are cancelled with cause ErrForcedShutdown and a
-// *ForcedDrainError naming them is returned; see Tracker.Drain. It then
+// *ForcedDrainError naming them is returned; see Tracker.Drain. Calls a
+// signal's context (signal.NotifyContext) cancelled before they could
+// drain make it return a *CallsCancelledError rather than nil. It then
 // closes idle connections. The Tracker is drained as a whole, so a Tracker
 // shared through Config.Tracker drains every client using it.
 func (c *Client) Shutdown(ctx context.Context) error {

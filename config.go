@@ -14,6 +14,7 @@ import (
 	"unicode"
 
 	"github.com/cenkalti/backoff/v4"
+	openai "github.com/sashabaranov/go-openai"
 )
 
 // Defaults applied by New to an empty Config.
@@ -66,12 +67,24 @@ type Config struct {
 	//
 	// Plain http is accepted for loopback hosts only (a loopback IP,
 	// "localhost" or a name under ".localhost"), so the key is never sent
-	// in clear over a network. Such attempts use no proxy, whatever the
-	// transport's Proxy or the environment says, resolve localhost names
-	// to 127.0.0.1 then ::1 without asking DNS (RFC 6761), and fail before
-	// anything is sent if the connection is not to a loopback address; see
-	// HTTPClient for the transports this needs.
+	// in clear over a network, unless InsecurePlainHTTP says otherwise.
+	// Loopback attempts use no proxy, whatever the transport's Proxy or
+	// the environment says, resolve localhost names to 127.0.0.1 then ::1
+	// without asking DNS (RFC 6761), and fail before anything is sent if
+	// the connection is not to a loopback address; see HTTPClient for the
+	// transports this needs.
 	BaseURL string
+	// InsecurePlainHTTP accepts plain http to a host that is not loopback
+	// for BaseURL and FallbackURLs: a model served inside a cluster or a
+	// compose network, such as "http://vllm.default.svc:8000/v1" or
+	// "http://ollama:11434/v1". The API key (if the server wants one) then
+	// crosses that network unencrypted, readable by anyone who can watch
+	// it, and the attempts go through the HTTPClient's transport as it is,
+	// proxy settings included; New logs a warning naming each such
+	// endpoint once. Set it only for a network you trust. It changes
+	// nothing for https or loopback endpoints. Each Fallbacks entry has its
+	// own (Target.InsecurePlainHTTP).
+	InsecurePlainHTTP bool
 	// FallbackURLs are shorthand for Fallbacks that differ from the
 	// primary endpoint by their URL only: each is Target{BaseURL: u}. They
 	// come before Fallbacks, in order, share the API key and follow
@@ -214,13 +227,39 @@ type Config struct {
 	// Calls to other endpoints are not priced by the token and are not
 	// counted. 0 means no cap; a cap needs Prices.
 	MaxCost float64
+
+	// OpenAIConfig, if set, shapes the go-openai ClientConfig the client
+	// is built on, after llmdrain has filled it in: OrgID, APIType and
+	// APIVersion (Azure OpenAI: openai.APITypeAzure or APITypeAzureAD),
+	// AzureModelMapperFunc, AssistantVersion, EmptyMessagesLimit. Tracking,
+	// retries, targets and key handling stay llmdrain's:
+	//
+	//   - It must leave BaseURL and HTTPClient as they are (New rejects a
+	//     change: the endpoints are BaseURL and Fallbacks, the transport is
+	//     HTTPClient's) and must not replace the whole value (as with
+	//     openai.DefaultAzureConfig), which would drop both.
+	//   - The key is APIKey's, never the ClientConfig's: llmdrain sends it
+	//     itself, to each target's own origin only, as "Authorization:
+	//     Bearer KEY", or, with APIType openai.APITypeAzure (or
+	//     APITypeCloudflareAzure), as the "api-key: KEY" header Azure wants.
+	//     Any other credential header go-openai would set is dropped.
+	//
+	// With Azure, go-openai puts the deployment, mapped from the request's
+	// model, in the URL (/openai/deployments/NAME/...?api-version=V): name
+	// the model in requests made through OpenAI(), which get Config.Model
+	// in their body only, after the URL is built. A target's Model changes
+	// the body's model, not the deployment its URL names.
+	OpenAIConfig func(*openai.ClientConfig)
 }
 
 // String describes the config with the API keys redacted.
 func (c Config) String() string {
 	fallbacks := ""
+	if c.InsecurePlainHTTP {
+		fallbacks = ", InsecurePlainHTTP: true"
+	}
 	if len(c.Fallbacks) > 0 {
-		fallbacks = ", Fallbacks: " + targetsString(c.Fallbacks)
+		fallbacks += ", Fallbacks: " + targetsString(c.Fallbacks)
 	}
 	cost := ""
 	if len(c.Prices) > 0 || c.MaxCost != 0 {
@@ -240,6 +279,7 @@ func (c Config) LogValue() slog.Value {
 		slog.String("api_key", redact(c.APIKey)),
 		slog.String("base_url", redactURL(c.BaseURL)),
 		slog.Any("fallback_urls", redactURLs(c.FallbackURLs)),
+		slog.Bool("insecure_plain_http", c.InsecurePlainHTTP),
 		slog.Any("fallbacks", targetValues(c.Fallbacks)),
 		slog.String("model", c.Model),
 		slog.Int("max_retries", c.MaxRetries),
@@ -309,6 +349,11 @@ type Target struct {
 	// then says which answered. Empty means the request's model is kept
 	// (Config.Model when it names none).
 	Model string
+	// InsecurePlainHTTP accepts a plain-http BaseURL at a host that is not
+	// loopback for this target; see Config.InsecurePlainHTTP, whose risk
+	// it carries. A target without a BaseURL of its own inherits the
+	// primary's setting with its URL.
+	InsecurePlainHTTP bool
 	// LongContext marks the target as the place for the calls too long for
 	// the others: a call that a target without it answers 400 with the
 	// error code context_length_exceeded goes on to the LongContext
@@ -322,6 +367,9 @@ type Target struct {
 // String describes the target with its API key redacted.
 func (t Target) String() string {
 	s := fmt.Sprintf("{BaseURL: %q, APIKey: %s, Model: %q", redactURL(t.BaseURL), redact(t.APIKey), t.Model)
+	if t.InsecurePlainHTTP {
+		s += ", InsecurePlainHTTP: true"
+	}
 	if t.LongContext {
 		s += ", LongContext: true"
 	}
@@ -337,6 +385,7 @@ func (t Target) LogValue() slog.Value {
 		slog.String("base_url", redactURL(t.BaseURL)),
 		slog.String("api_key", redact(t.APIKey)),
 		slog.String("model", t.Model),
+		slog.Bool("insecure_plain_http", t.InsecurePlainHTTP),
 		slog.Bool("long_context", t.LongContext),
 	)
 }
@@ -378,6 +427,9 @@ type resolved struct {
 	Config
 	endpoints []string // BaseURL, FallbackURLs then Fallbacks, normalised by checkURL
 	targets   []Target // the same, with every field inherited filled in
+	// apiKeyHeader sends the key as "api-key: KEY" (Azure) rather than
+	// as a bearer token; New sets it from the go-openai ClientConfig.
+	apiKeyHeader bool
 }
 
 // resolve applies environment and defaults and validates. All problems are
@@ -410,26 +462,27 @@ func resolve(cfg Config) (resolved, error) {
 	// see Config.HTTPClient.
 	_, checked := baseTransport(cfg.HTTPClient).(*http.Transport)
 	var r resolved
-	ep, err := checkURL(cfg.BaseURL, checked)
+	ep, err := checkURL(cfg.BaseURL, checked, cfg.InsecurePlainHTTP, "InsecurePlainHTTP")
 	if err != "" {
 		bad("BaseURL", "%s", err)
 	}
 	r.endpoints = append(r.endpoints, ep)
-	r.targets = append(r.targets, Target{BaseURL: ep, APIKey: cfg.APIKey})
+	r.targets = append(r.targets, Target{BaseURL: ep, APIKey: cfg.APIKey, InsecurePlainHTTP: cfg.InsecurePlainHTTP})
 	for i, u := range cfg.FallbackURLs {
-		ep, err := checkURL(u, checked)
+		ep, err := checkURL(u, checked, cfg.InsecurePlainHTTP, "InsecurePlainHTTP")
 		if err != "" {
 			bad(fmt.Sprintf("FallbackURLs[%d]", i), "%s", err)
 		}
 		r.endpoints = append(r.endpoints, ep)
-		r.targets = append(r.targets, Target{BaseURL: ep, APIKey: cfg.APIKey})
+		r.targets = append(r.targets, Target{BaseURL: ep, APIKey: cfg.APIKey, InsecurePlainHTTP: cfg.InsecurePlainHTTP})
 	}
 	for i, tg := range cfg.Fallbacks {
 		field := fmt.Sprintf("Fallbacks[%d]", i)
 		if tg.BaseURL == "" {
 			tg.BaseURL = r.endpoints[0]
+			tg.InsecurePlainHTTP = cfg.InsecurePlainHTTP
 		} else {
-			ep, err := checkURL(tg.BaseURL, checked)
+			ep, err := checkURL(tg.BaseURL, checked, tg.InsecurePlainHTTP, field+".InsecurePlainHTTP")
 			if err != "" {
 				bad(field+".BaseURL", "%s", err)
 			}
@@ -572,12 +625,13 @@ func keyProblem(key string) string {
 // checkURL returns an endpoint URL normalised, and what is wrong with it,
 // or "". The message shows the URL with any password redacted. checked says
 // whether plain-http attempts go through a transport llmdrain keeps off
-// proxies and on loopback.
+// proxies and on loopback; insecure whether plain http to other hosts is
+// accepted, which the field optIn sets.
 //
 // The normalised form, scheme and host in lower case and no trailing
 // slash, is the one every use compares against: go-openai builds request
 // URLs from it, and failover and the key's origins match them to it.
-func checkURL(s string, checked bool) (string, string) {
+func checkURL(s string, checked, insecure bool, optIn string) (string, string) {
 	u, err := url.Parse(s)
 	if err != nil {
 		return s, "not a valid URL"
@@ -594,8 +648,8 @@ func checkURL(s string, checked bool) (string, string) {
 		// Even an empty "?" or "#": paths are appended to the URL as a
 		// string, and would end up in the query or fragment.
 		return s, fmt.Sprintf("%q: must not have a query or fragment", shown)
-	case u.Scheme == "http" && !isLoopback(u.Hostname()):
-		return s, fmt.Sprintf("%q: plain http would send the API key unencrypted; use https (http is allowed for loopback hosts only)", shown)
+	case u.Scheme == "http" && !isLoopback(u.Hostname()) && !insecure:
+		return s, fmt.Sprintf("%q: plain http would send the API key unencrypted over the network; use https, or, for a host on a network you trust (a cluster service, a compose container), set %s: true", shown, optIn)
 	case u.Scheme == "http" && !checked && isLocalhostName(u.Hostname()) && !strings.EqualFold(u.Hostname(), "localhost"):
 		return s, fmt.Sprintf("%q: plain http to a name under .localhost needs HTTPClient.Transport to be an *http.Transport (or nil), so that llmdrain can keep the connection off proxies and DNS; use 127.0.0.1, localhost or https", shown)
 	}

@@ -232,7 +232,11 @@ func ExampleBatchOptions_maxCost() {
 		fmt.Println(err)
 		return
 	}
-	c, _ := llmdrain.New(llmdrain.Config{APIKey: "sk-example", BaseURL: srv.URL, Prices: prices})
+	c, err := llmdrain.New(llmdrain.Config{APIKey: "sk-example", BaseURL: srv.URL, Prices: prices})
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
 	var tasks []llmdrain.Task
 	for i := range 5 {
 		req := openai.ChatCompletionRequest{MaxCompletionTokens: 50,
@@ -248,6 +252,59 @@ func ExampleBatchOptions_maxCost() {
 	// Output:
 	// 2 completed, 3 not run, cost $0.000090
 	// true
+}
+
+// go-openai's settings reach through OpenAIConfig: here Azure OpenAI,
+// whose deployment URLs go-openai builds and whose api-key header
+// llmdrain fills in, for this endpoint only.
+func ExampleConfig_openAIConfig() {
+	srv := llmtest.NewServer(llmtest.WithAzure(), llmtest.WithAPIKey("azure-key")) // stands in for https://RESOURCE.openai.azure.com
+	defer srv.Close()
+
+	c, err := llmdrain.New(llmdrain.Config{
+		APIKey:  "azure-key",
+		BaseURL: srv.URL,
+		Model:   "gpt-4o", // the deployment
+		OpenAIConfig: func(oc *openai.ClientConfig) {
+			oc.APIType = openai.APITypeAzure
+			oc.APIVersion = "2024-10-21"
+		},
+	})
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	text, err := c.Chat(context.Background(), "Hello, Azure")
+	fmt.Println(text, err)
+	// Output: You said: Hello, Azure <nil>
+}
+
+// RegisterReserved keeps a share of the Timeout for a later drain: the
+// inbound drain, stuck here, is forced when only the reserve is left, and
+// the LLM drain still has time to let its call finish.
+func ExampleShutdown_RegisterReserved() {
+	sd := &llmdrain.Shutdown{Timeout: time.Second}
+	forced := make(chan struct{})
+	sd.Register("http", func(ctx context.Context) error {
+		<-ctx.Done() // an inbound drain that would take the whole timeout
+		close(forced)
+		return ctx.Err()
+	})
+	tracker := llmdrain.NewTracker()
+	_, done, err := tracker.Begin(context.Background()) // a background LLM call
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	go func() {
+		<-forced
+		done() // it finishes after the inbound drain was forced
+	}()
+	sd.RegisterReserved("llm", 500*time.Millisecond, tracker.Drain)
+	sd.Trigger()
+	err = sd.Run(context.Background())
+	fmt.Println(strings.Contains(err.Error(), `drain "http"`), strings.Contains(err.Error(), `drain "llm"`))
+	// Output: true false
 }
 
 // Hooks are told of each call, its attempts and waits, with the tokens

@@ -9,6 +9,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/url"
 	"slices"
 	"strings"
 	"syscall"
@@ -19,10 +20,11 @@ import (
 // attempt goes through it. It keeps the API key on the wire where it
 // belongs, and out of what comes back:
 //
-//   - An attempt at a plain-http endpoint, the only kind that carries the
-//     key in clear, goes through plain: a transport that uses no proxy
-//     and connects to loopback addresses only, checked at connect time,
-//     before a byte is sent.
+//   - An attempt at a plain-http loopback endpoint, which carries the key
+//     in clear, goes through plain: a transport that uses no proxy and
+//     connects to loopback addresses only, checked at connect time, before
+//     a byte is sent. (Plain http to other hosts, opted into with
+//     InsecurePlainHTTP, goes through base.)
 //   - The key is scrubbed from each response's status line and from the
 //     errors of the base transport (net/http quotes a malformed status
 //     line in its error) before go-openai's errors, the retry log or a
@@ -46,7 +48,9 @@ func newKeyGuard(base http.RoundTripper, origins []origin, keys []secret) *keyGu
 		}
 	}
 	for _, o := range origins {
-		if o.scheme == "http" {
+		// A plain-http endpoint at another host was opted into
+		// (InsecurePlainHTTP): it goes through base as it is.
+		if o.scheme == "http" && isLoopback((&url.URL{Host: o.host}).Hostname()) {
 			g.plainHosts = append(g.plainHosts, o.host)
 		}
 	}

@@ -9,6 +9,8 @@ import (
 	"os"
 	"os/signal"
 	"runtime/debug"
+	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -32,7 +34,9 @@ const DefaultShutdownTimeout = 30 * time.Second
 //     need that long to stop sending;
 //  3. runs the registered drains one after the other, in registration
 //     order (register the inbound http.Server first, then the LLM
-//     clients), all under one Timeout;
+//     clients), all under one Timeout, of which a drain registered with
+//     RegisterReserved is sure to get its share: the drain before it is
+//     forced when only the reserved time is left, and it starts;
 //  4. at the Timeout, the drain running is forced (its context ends) and
 //     every drain not yet started is started at once with that ended
 //     context, so that they force together rather than in turn: servers
@@ -44,7 +48,7 @@ const DefaultShutdownTimeout = 30 * time.Second
 //
 // A second signal (or Trigger) at any point during steps 2 to 5 forces at
 // once: the delay is cut short, every drain's context is cancelled with
-// cause ErrForcedShutdown, the drains not yet started are started, and Run
+// cause ErrSecondSignal (which matches ErrForcedShutdown), the drains not yet started are started, and Run
 // returns at most ShutdownGrace later. The stop signals are released
 // (signal.Stop) as soon as the shutdown is forced by a second signal or
 // Trigger, and in any case when Run returns, so that a further signal has
@@ -67,7 +71,10 @@ type Shutdown struct {
 	// Signals start the shutdown; the second one forces it. Nil means
 	// SIGTERM and SIGINT.
 	Signals []os.Signal
-	// Logger receives each step. Nil means silent.
+	// Logger receives each step: at INFO the steps of a shutdown that goes
+	// as planned, at WARN what forces (a second signal, the Timeout, a
+	// drain's share spent), at ERROR what fails (a drain's error, a panic,
+	// a drain abandoned, "shutdown: done" with ok=false). Nil means silent.
 	Logger *slog.Logger
 
 	mu       sync.Mutex
@@ -89,8 +96,9 @@ type Shutdown struct {
 const ShutdownGrace = forceGrace + forceGrace/4
 
 type namedDrain struct {
-	name  string
-	drain func(context.Context) error
+	name    string
+	drain   func(context.Context) error
+	reserve time.Duration // its share of the Timeout: see RegisterReserved
 }
 
 // Register adds a drain, run after those registered before it. drain must
@@ -104,9 +112,34 @@ type namedDrain struct {
 // shutdown is over: a client registered then refuses calls from now on,
 // and cancels any it has); its error, having nowhere to go, is logged.
 func (s *Shutdown) Register(name string, drain func(ctx context.Context) error) {
+	s.register(namedDrain{name: name, drain: drain})
+}
+
+// RegisterReserved is Register with a share of the Timeout kept for this
+// drain: the drains registered before it must be done by Timeout minus the
+// reserves of the drains from this one on, or they are forced then (their
+// context ends with an error matching context.DeadlineExceeded), and this
+// one starts at that point at the latest, with at least reserve to run.
+// So a busy inbound server, registered first, cannot spend the whole
+// Timeout and leave a background LLM call to be cut the same instant:
+//
+//	sd.RegisterServer("http", srv)                          // gets Timeout - 20s at most
+//	sd.RegisterReserved("llm", 20*time.Second, llm.Shutdown) // gets 20s at least
+//
+// The total stays bounded by Timeout (and Run's bound by Delay + Timeout +
+// ShutdownGrace), so a Kubernetes grace period that covers them still
+// does. Reserves that add up to more than the Timeout leave the first
+// drains no time at all. A drain that finishes early leaves its time to
+// the next: a reserve is a floor, not a slot.
+func (s *Shutdown) RegisterReserved(name string, reserve time.Duration, drain func(ctx context.Context) error) {
+	s.register(namedDrain{name: name, drain: drain, reserve: max(reserve, 0)})
+}
+
+func (s *Shutdown) register(d namedDrain) {
+	name := d.name
 	s.mu.Lock()
 	if !s.finished {
-		s.drains = append(s.drains, namedDrain{name, drain})
+		s.drains = append(s.drains, d)
 		added := s.added
 		s.mu.Unlock()
 		if added != nil {
@@ -121,8 +154,8 @@ func (s *Shutdown) Register(name string, drain func(ctx context.Context) error) 
 	ctx, cancel := context.WithCancelCause(context.Background())
 	cancel(ErrForcedShutdown)
 	t := time.Now()
-	if err := s.call(ctx, namedDrain{name, drain}); err != nil {
-		s.log("shutdown: drain registered after Run failed", "drain", name, "took", since(t), "error", err)
+	if err := s.call(ctx, d); err != nil {
+		s.logAt(slog.LevelError, "shutdown: drain registered after Run failed", "drain", name, "took", since(t), "error", err)
 		return
 	}
 	s.log("shutdown: drain registered after Run drained", "drain", name, "took", since(t))
@@ -229,7 +262,9 @@ func (s *Shutdown) signals() []os.Signal {
 
 // Run watches for the stop signals and, at the first one, performs the
 // shutdown sequence described on Shutdown; ctx ending counts as the first
-// signal. Until Run (or Notify) has started watching them, the stop
+// signal. ctx may be the service's own signal.NotifyContext for the same
+// signals: the signal that ends it is counted once, not as a first and a
+// second (Go 1.26 and later, whose NotifyContext names its signal). Until Run (or Notify) has started watching them, the stop
 // signals keep their default action (a SIGTERM kills the process): call
 // Notify before serving traffic if Run comes later.
 //
@@ -239,8 +274,8 @@ func (s *Shutdown) signals() []os.Signal {
 // otherwise the drains' errors joined, in registration order, each naming
 // its drain: the error a drain returned, the value a drain panicked with,
 // or that a drain did not return within ShutdownGrace of being forced.
-// errors.Is matches ErrForcedShutdown after a second signal and
-// context.DeadlineExceeded after the timeout. Run is meant to be called
+// errors.Is matches ErrSecondSignal (and so ErrForcedShutdown) after a
+// second signal and context.DeadlineExceeded after the timeout. Run is meant to be called
 // once: a second call returns an error at once.
 func (s *Shutdown) Run(ctx context.Context) error {
 	if s.ran.Swap(true) {
@@ -258,12 +293,13 @@ func (s *Shutdown) Run(ctx context.Context) error {
 		s.log("shutdown: triggered")
 	case <-ctx.Done():
 		s.log("shutdown: context ended", "cause", context.Cause(ctx))
+		s.sameSignal(ch, context.Cause(ctx))
 	}
 	start := time.Now()
 	s.stopping.Store(true)
 	close(s.stopChan())
 
-	// A second signal cancels everything with ErrForcedShutdown, and gives
+	// A second signal cancels everything with ErrSecondSignal, and gives
 	// the signals back their default action.
 	forceCtx, force := context.WithCancelCause(context.Background())
 	watchDone := make(chan struct{})
@@ -275,13 +311,13 @@ func (s *Shutdown) Run(ctx context.Context) error {
 		defer close(watchDone)
 		select {
 		case sig := <-ch:
-			s.log("shutdown: second signal, forcing", "signal", sig.String())
+			s.logAt(slog.LevelWarn, "shutdown: second signal, forcing", "signal", sig.String())
 		case <-triggers:
-			s.log("shutdown: second trigger, forcing")
+			s.logAt(slog.LevelWarn, "shutdown: second trigger, forcing")
 		case <-forceCtx.Done():
 			return
 		}
-		force(ErrForcedShutdown)
+		force(ErrSecondSignal)
 		signal.Stop(ch)
 	}()
 
@@ -297,12 +333,43 @@ func (s *Shutdown) Run(ctx context.Context) error {
 	dctx, cancel := context.WithTimeout(forceCtx, timeout)
 	defer cancel()
 	errs := s.drainAll(dctx)
-	if context.Cause(forceCtx) == ErrForcedShutdown {
-		errs = append(errs, ErrForcedShutdown)
+	if context.Cause(forceCtx) == ErrSecondSignal {
+		errs = append(errs, ErrSecondSignal)
 	}
 	err := errors.Join(errs...)
-	s.log("shutdown: done", "took", since(start), "ok", err == nil)
-	return err
+	if err != nil {
+		s.logAt(slog.LevelError, "shutdown: done", "took", since(start), "ok", false)
+		return err
+	}
+	s.log("shutdown: done", "took", since(start), "ok", true)
+	return nil
+}
+
+// sameSignal takes from ch the signal that ended Run's context, when that
+// context is a signal.NotifyContext's for one of the signals Run watches:
+// the one signal reached both, and must not count as the second, which
+// forces. It waits for it at most a second: the signal is delivered to
+// both channels at once.
+func (s *Shutdown) sameSignal(ch chan os.Signal, cause error) {
+	if !isSignalCause(cause) {
+		return
+	}
+	name := strings.TrimSuffix(cause.Error(), " signal received")
+	if !slices.ContainsFunc(s.signals(), func(sig os.Signal) bool { return sig.String() == name }) {
+		return
+	}
+	t := time.NewTimer(time.Second)
+	defer t.Stop()
+	select {
+	case sig := <-ch:
+		if sig.String() != name {
+			select {
+			case ch <- sig: // another signal after all: keep it, it forces
+			default: // two more are pending: the shutdown is forced anyway
+			}
+		}
+	case <-t.C:
+	}
 }
 
 // drainResult is what a drain's goroutine hands back to drainAll.
@@ -332,17 +399,26 @@ func (s *Shutdown) drainAll(dctx context.Context) []error {
 		expired = dctx.Done() // nil once forced: that case is done with
 		grace   <-chan time.Time
 		timer   *time.Timer
+		// spent fires when the running drain's share of the Timeout is
+		// over (RegisterReserved): the next may start, while it is forced.
+		spent      <-chan time.Time
+		spentTimer *time.Timer
+		advance    bool
 	)
 	defer func() {
 		if timer != nil {
 			timer.Stop()
 		}
+		if spentTimer != nil {
+			spentTimer.Stop()
+		}
 	}()
+	end, _ := dctx.Deadline()
 	record := func(r drainResult) {
 		delete(running, r.i)
 		took := r.took.Round(time.Millisecond).String()
 		if r.err != nil {
-			s.log("shutdown: drain failed", "drain", names[r.i], "took", took, "error", r.err)
+			s.logAt(slog.LevelError, "shutdown: drain failed", "drain", names[r.i], "took", took, "error", r.err)
 			errs[r.i] = fmt.Errorf("llmdrain: drain %q: %w", names[r.i], r.err)
 			return
 		}
@@ -350,17 +426,32 @@ func (s *Shutdown) drainAll(dctx context.Context) []error {
 	}
 	for {
 		s.mu.Lock()
-		for len(names) < len(s.drains) && (len(running) == 0 || expired == nil) {
+		for len(names) < len(s.drains) && (len(running) == 0 || expired == nil || advance) {
 			i, d := len(names), s.drains[len(names)]
 			names, errs = append(names, d.name), append(errs, nil)
 			running[i] = true
+			ctx, cancel := dctx, context.CancelFunc(func() {})
+			advance = false
+			if later := reservedAfter(s.drains[i+1:]); later > 0 && expired != nil && !end.IsZero() {
+				// Its share ends where the later drains' reserves begin.
+				shareEnd := end.Add(-later)
+				ctx, cancel = context.WithDeadlineCause(dctx, shareEnd, errShareSpent)
+				if spentTimer != nil {
+					spentTimer.Stop()
+				}
+				spentTimer = time.NewTimer(time.Until(shareEnd))
+				spent = spentTimer.C
+			} else {
+				spent = nil
+			}
 			go func() {
+				defer cancel()
 				t := time.Now()
-				err := s.call(dctx, d)
+				err := s.call(ctx, d)
 				select {
 				case results <- drainResult{i, err, time.Since(t)}:
 				case <-abandoned:
-					s.log("shutdown: abandoned drain returned after Run", "drain", d.name, "took", since(t), "error", err)
+					s.logAt(slog.LevelWarn, "shutdown: abandoned drain returned after Run", "drain", d.name, "took", since(t), "error", err)
 				}
 			}()
 		}
@@ -378,14 +469,20 @@ func (s *Shutdown) drainAll(dctx context.Context) []error {
 			expired = nil
 			timer = time.NewTimer(ShutdownGrace)
 			grace = timer.C
-			s.log("shutdown: forcing the drains", "cause", context.Cause(dctx))
+			s.logAt(slog.LevelWarn, "shutdown: forcing the drains", "cause", context.Cause(dctx))
 		case <-added:
+		case <-spent:
+			spent = nil
+			advance = true
+			if i := len(names) - 1; running[i] {
+				s.logAt(slog.LevelWarn, "shutdown: drain's share of the timeout spent, forcing it", "drain", names[i])
+			}
 		case <-grace:
 			s.mu.Lock()
 			// A drain registered since the last round has not been started:
 			// too late to give it any time.
 			for i := len(names); i < len(s.drains); i++ {
-				s.log("shutdown: drain registered too late, not run", "drain", s.drains[i].name)
+				s.logAt(slog.LevelError, "shutdown: drain registered too late, not run", "drain", s.drains[i].name)
 				errs = append(errs, fmt.Errorf("llmdrain: drain %q registered as Run gave up, not run", s.drains[i].name))
 			}
 			s.finished, s.added = true, nil
@@ -401,7 +498,7 @@ func (s *Shutdown) drainAll(dctx context.Context) []error {
 			}
 			for i := range names {
 				if running[i] {
-					s.log("shutdown: drain would not stop, abandoned", "drain", names[i], "grace", ShutdownGrace.String())
+					s.logAt(slog.LevelError, "shutdown: drain would not stop, abandoned", "drain", names[i], "grace", ShutdownGrace.String())
 					errs[i] = fmt.Errorf("llmdrain: drain %q did not return within %v of being forced, abandoned: %w", names[i], ShutdownGrace, context.Cause(dctx))
 				}
 			}
@@ -411,13 +508,36 @@ func (s *Shutdown) drainAll(dctx context.Context) []error {
 	return errs
 }
 
+// errShareSpent ends the context of a drain whose share of the Timeout is
+// over: the time left is reserved for the drains after it
+// (RegisterReserved). It matches context.DeadlineExceeded, as the
+// Timeout's own end does.
+var errShareSpent error = shareSpentError{}
+
+type shareSpentError struct{}
+
+func (shareSpentError) Error() string {
+	return "llmdrain: drain's share of Shutdown.Timeout spent, the rest is reserved for the drains after it"
+}
+
+func (shareSpentError) Is(target error) bool { return target == context.DeadlineExceeded }
+
+// reservedAfter adds up the reserves of drains.
+func reservedAfter(drains []namedDrain) time.Duration {
+	var d time.Duration
+	for _, n := range drains {
+		d += n.reserve
+	}
+	return d
+}
+
 // call runs drain d under ctx, and turns a panic into its error. The panic
 // value is kept (an error panicked with is wrapped) and the stack logged:
 // llmdrain's own drains never put a secret in either.
 func (s *Shutdown) call(ctx context.Context, d namedDrain) (err error) {
 	defer func() {
 		if p := recover(); p != nil {
-			s.log("shutdown: drain panicked", "drain", d.name, "panic", fmt.Sprint(p), "stack", string(debug.Stack()))
+			s.logAt(slog.LevelError, "shutdown: drain panicked", "drain", d.name, "panic", fmt.Sprint(p), "stack", string(debug.Stack()))
 			if pe, ok := p.(error); ok {
 				err = fmt.Errorf("panicked: %w", pe)
 			} else {
@@ -432,8 +552,12 @@ func (s *Shutdown) call(ctx context.Context, d namedDrain) (err error) {
 // a time.Duration as an integer of nanoseconds.
 func since(t time.Time) string { return time.Since(t).Round(time.Millisecond).String() }
 
-func (s *Shutdown) log(msg string, args ...any) {
+// log logs a step at INFO, logAt one at level: WARN for what forces,
+// ERROR for what fails.
+func (s *Shutdown) log(msg string, args ...any) { s.logAt(slog.LevelInfo, msg, args...) }
+
+func (s *Shutdown) logAt(level slog.Level, msg string, args ...any) {
 	if s.Logger != nil {
-		s.Logger.Info(msg, args...)
+		s.Logger.Log(context.Background(), level, msg, args...)
 	}
 }

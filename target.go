@@ -54,10 +54,13 @@ type target struct {
 	origin origin
 	key    secret // the key sent to it, for scrubbing what it sends back
 	bearer secret // "Bearer " + the key, made once; empty: none is sent
-	// authz is the Authorization header's values, {bearer}, made once and
-	// shared by every attempt: nothing writes into a request's header
-	// values, and a slice per attempt would cost an allocation each.
-	authz []string
+	// authHeader is the header that carries the key, in canonical form:
+	// "Authorization", or "Api-Key" for Azure. authz is its values,
+	// {bearer} or {key}, made once and shared by every attempt: nothing
+	// writes into a request's header values, and a slice per attempt
+	// would cost an allocation each.
+	authHeader string
+	authz      []string
 	// headerSets are the attempt headers already made for it; see
 	// headers.
 	headerSets atomic.Pointer[[]headerSet]
@@ -134,6 +137,35 @@ func (r *router) pick(rt *route) (*target, breaker.Permit, bool) {
 		return nil, breaker.Permit{}, false
 	}
 	return out, out.breaker.Force(), true
+}
+
+// peek returns the target pick would give the call's next attempt were it
+// made now, without taking a permit: for the logs, which name where a
+// retry is going before its wait. (A half-open target whose probe is out
+// is taken as admitting; pick, after the wait, has the last word.)
+func (r *router) peek(rt *route) *target {
+	var (
+		first, out *target
+		outSince   time.Time
+	)
+	for _, tg := range r.targets {
+		if !rt.eligible(tg) {
+			continue
+		}
+		if tg.breaker.State() != breaker.Open {
+			return tg
+		}
+		if first == nil {
+			first = tg
+		}
+		if since, ok := tg.breaker.OutSince(); ok && (out == nil || since.Before(outSince)) {
+			out, outSince = tg, since
+		}
+	}
+	if out == nil {
+		return first
+	}
+	return out
 }
 
 // record learns from an attempt's outcome at tg, releasing its permit: an
@@ -326,11 +358,8 @@ func (tg *target) headers(h http.Header, share bool) http.Header {
 		// shared from now on, must be made of what nobody else holds.
 		h = h.Clone()
 	}
-	out := make(http.Header, len(h)+1)
-	for k, v := range h {
-		out[k] = v
-	}
-	out["Authorization"] = tg.authz
+	out := withoutCredentials(h, 1)
+	out[tg.authHeader] = tg.authz
 	if cur := tg.headerSets.Load(); share && (cur == nil || len(*cur) < maxHeaderSets) {
 		var next []headerSet
 		if cur != nil {
@@ -342,6 +371,21 @@ func (tg *target) headers(h http.Header, share bool) http.Header {
 		}
 		next = append(next, headerSet{in: in, out: out})
 		tg.headerSets.CompareAndSwap(cur, &next) // a lost race only loses a set
+	}
+	return out
+}
+
+// withoutCredentials returns a new map of h's headers, sharing their
+// values, with room for extra more, but for the credentials:
+// Authorization and Api-Key are the call's alone to set, per target, and
+// any that came with the request (go-openai's empty api-key for Azure)
+// stay out.
+func withoutCredentials(h http.Header, extra int) http.Header {
+	out := make(http.Header, len(h)+extra)
+	for k, v := range h {
+		if k != "Authorization" && k != "Api-Key" {
+			out[k] = v
+		}
 	}
 	return out
 }

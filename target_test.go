@@ -604,7 +604,7 @@ func TestPanickingProbeFreesItsPlace(t *testing.T) {
 // target whose requests carry the same headers share one map with the
 // target's Authorization, made from a copy; other headers get their own.
 func TestAttemptHeadersShared(t *testing.T) {
-	tg := &target{authz: []string{"Bearer " + fakeKey}}
+	tg := &target{authHeader: "Authorization", authz: []string{"Bearer " + fakeKey}}
 	json := http.Header{"Accept": {"application/json"}, "Content-Type": {"application/json"}}
 	stream := http.Header{"Accept": {"text/event-stream"}, "Cache-Control": {"no-cache"}, "Connection": {"keep-alive"}, "Content-Type": {"application/json"}}
 
@@ -623,6 +623,15 @@ func TestAttemptHeadersShared(t *testing.T) {
 	json["X-Extra"] = []string{"1"}
 	assert.Equal(t, []string{"application/json"}, tg.headers(http.Header{"Content-Type": {"application/json"}, "Accept": {"application/json"}}, true)["Accept"])
 	assert.NotContains(t, b, "X-Extra")
+
+	// Credentials that came with the request stay out, shared or not.
+	azure := http.Header{"Accept": {"application/json"}, "Api-Key": {""}, "Authorization": {"Bearer other"}}
+	for _, share := range []bool{true, false} {
+		h := tg.headers(azure, share)
+		assert.Equal(t, []string{"Bearer " + fakeKey}, h["Authorization"])
+		assert.NotContains(t, h, "Api-Key")
+		assert.Len(t, h, 2)
+	}
 
 	// Not shared: a new map each time.
 	c := tg.headers(json, false)

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"reflect"
 	"slices"
 	"sort"
 	"strings"
@@ -13,16 +14,33 @@ import (
 	"time"
 )
 
-// ErrDraining is returned for a call started after a drain began. The
-// retrying transport returns it from every go-openai method, wrapped, so
-// errors.Is(err, ErrDraining) tells "refused because we are shutting down"
-// apart from a failed call.
+// ErrDraining is returned for a call started after a drain began, before
+// anything was sent. A Client returns it as it is from every method,
+// OpenAI()'s included (no *url.Error naming a URL), so err ==
+// ErrDraining, like errors.Is(err, ErrDraining), tells "refused because
+// we are shutting down" apart from a failed call.
 var ErrDraining = errors.New("llmdrain: draining, call refused")
 
 // ErrForcedShutdown is the context.Cause of every in-flight call cancelled
-// because a drain's deadline passed (or a second signal forced shutdown).
-// Errors returned by the client for such calls match it with errors.Is.
+// because a drain's deadline passed. Errors returned by the client for
+// such calls match it with errors.Is. A call cancelled by a second signal
+// has the cause ErrSecondSignal, which matches it too.
 var ErrForcedShutdown = errors.New("llmdrain: forced shutdown, call cancelled at drain deadline")
+
+// ErrSecondSignal is the cause of the calls a second signal (or a second
+// Shutdown.Trigger) cancelled, and of the drains' contexts it ended: the
+// operator asked to stop now. It matches ErrForcedShutdown with errors.Is,
+// so code that handles a forced shutdown handles it; test for it to tell
+// the operator's decision from a drain that ran out of time.
+var ErrSecondSignal error = secondSignalError{}
+
+type secondSignalError struct{}
+
+func (secondSignalError) Error() string {
+	return "llmdrain: forced shutdown, call cancelled by a second signal"
+}
+
+func (secondSignalError) Is(target error) bool { return target == ErrForcedShutdown }
 
 // forceGrace bounds how long Drain waits, after cancelling the stragglers,
 // for their callers to observe the cancellation and return. It keeps Drain's
@@ -63,6 +81,11 @@ type Tracker struct {
 	forced    chan struct{} // closed once a forced drain has its verdict
 	forcing   bool
 	forcedErr error
+	// signalCut are the calls a signal's context cancelled (see
+	// CallsCancelledError), and signalCause that context's cause.
+	signalCut   []CallInfo
+	signalCutN  int
+	signalCause error
 
 	// hooks are the Hooks of the clients using the Tracker, told of its
 	// drain: started at the first Drain, and done once when its verdict
@@ -106,6 +129,7 @@ type shard struct {
 type slot struct {
 	gen      uint64 // bumped each time the slot is released
 	cancel   context.CancelCauseFunc
+	ctx      context.Context // the call's, to tell at done whether a signal cut it
 	attempts attemptCanceler // the transport's call, whose attempts a forced drain ends too; nil for Begin's
 	id       uint64
 	label    string
@@ -188,7 +212,7 @@ func (t *Tracker) begin(ctx context.Context, label string, ac attemptCanceler) (
 	}
 	sl := &s.slots[i]
 	s.seq++
-	sl.cancel, sl.attempts, sl.id, sl.label, sl.started = cancel, ac, s.seq*numShards+uint64(si), label, now
+	sl.cancel, sl.ctx, sl.attempts, sl.id, sl.label, sl.started = cancel, cctx, ac, s.seq*numShards+uint64(si), label, now
 	gen := sl.gen
 	s.mu.Unlock()
 	if t.hook != nil {
@@ -220,7 +244,7 @@ func (t *Tracker) keepForced(s *shard, i int32, gen uint64) bool {
 	if sl.reported {
 		return true
 	}
-	sl.gen, sl.cancel, sl.attempts, sl.label, sl.nextFree = gen+1, nil, nil, "", s.free
+	sl.gen, sl.cancel, sl.ctx, sl.attempts, sl.label, sl.nextFree = gen+1, nil, nil, nil, "", s.free
 	s.free = i + 1
 	return false
 }
@@ -236,12 +260,52 @@ func (t *Tracker) finish(tk ticket) {
 		return // done already
 	}
 	cancel := sl.cancel
+	var (
+		cut      CallInfo
+		cutCause error
+	)
+	if err := sl.ctx.Err(); err != nil && !sl.reported {
+		// Ended by its caller's context: a signal's, the mistake a drain
+		// must not pass over in silence (see CallsCancelledError)?
+		if cause := context.Cause(sl.ctx); isSignalCause(cause) {
+			cut, cutCause = CallInfo{ID: sl.id, Label: sl.label, Started: time.Now().Add(sl.started - time.Since(epoch))}, cause
+		}
+	}
 	// Field by field: assigning a whole slot costs a typed copy.
-	sl.gen, sl.cancel, sl.attempts, sl.label, sl.nextFree, sl.reported = gen+1, nil, nil, "", s.free, false
+	sl.gen, sl.cancel, sl.ctx, sl.attempts, sl.label, sl.nextFree, sl.reported = gen+1, nil, nil, nil, "", s.free, false
 	s.free = i + 1
 	s.mu.Unlock()
+	if cutCause != nil {
+		t.noteSignalCut(cut, cutCause)
+	}
 	cancel(context.Canceled)
 	t.release(s)
+}
+
+// isSignalCause reports whether cause is that of a context a signal
+// cancelled: signal.NotifyContext's (Go 1.26 and later give it a cause of
+// the os/signal package's, "interrupt signal received").
+func isSignalCause(cause error) bool {
+	if cause == nil {
+		return false
+	}
+	return reflect.TypeOf(cause).PkgPath() == "os/signal"
+}
+
+// maxSignalCut bounds the calls a CallsCancelledError names.
+const maxSignalCut = 100
+
+// noteSignalCut records a call that a signal's context cancelled.
+func (t *Tracker) noteSignalCut(c CallInfo, cause error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.signalCutN++
+	if len(t.signalCut) < maxSignalCut {
+		t.signalCut = append(t.signalCut, c)
+	}
+	if t.signalCause == nil {
+		t.signalCause = cause
+	}
 }
 
 // release takes one call off s's count and, when it was the last one in
@@ -298,9 +362,12 @@ func (t *Tracker) drainDeadline() (time.Time, bool) {
 // ErrForcedShutdown, waits at most one second for them to call done, and
 // returns a *ForcedDrainError that wraps context.Cause(ctx) (so
 // errors.Is(err, context.DeadlineExceeded) works when ctx timed out) and
-// names exactly the calls it cancelled. A Begin racing with the forced
-// phase is either one of those or refused with ErrDraining, having sent
-// nothing; if no call was cancelled, Drain returns nil.
+// names exactly the calls it cancelled (their cause is ErrSecondSignal when
+// ctx's cause is it). A Begin racing with the forced phase is either one of
+// those or refused with ErrDraining, having sent nothing; if no call was
+// cancelled, Drain returns nil, unless a signal's context had cancelled
+// calls before they could drain: then it returns a *CallsCancelledError
+// naming them, so that a shutdown that lost calls never reports success.
 //
 // Drain may be called concurrently and repeatedly; all calls agree: once any
 // Drain has forced cancellation, every Drain returns that same error;
@@ -418,11 +485,18 @@ func (t *Tracker) outcome() error {
 	t.mu.Lock()
 	forcing, forced := t.forcing, t.forced
 	t.mu.Unlock()
-	if !forcing {
-		return nil
+	if forcing {
+		<-forced // closed after forcedErr is written
+		if t.forcedErr != nil {
+			return t.forcedErr
+		}
 	}
-	<-forced // closed after forcedErr is written
-	return t.forcedErr
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if len(t.signalCut) > 0 {
+		return &CallsCancelledError{Cause: t.signalCause, Calls: slices.Clone(t.signalCut), N: t.signalCutN}
+	}
+	return nil
 }
 
 // force cancels every call in flight and waits the grace for them. Only the
@@ -437,7 +511,13 @@ func (t *Tracker) force(cause error, idle <-chan struct{}) {
 	t.mu.Unlock()
 
 	t.forceFlag.Store(true)
-	stragglers := t.cancelAll()
+	// The calls' cause is ErrForcedShutdown, or the more precise one the
+	// drain was given that matches it (ErrSecondSignal).
+	callCause := ErrForcedShutdown
+	if errors.Is(cause, ErrForcedShutdown) {
+		callCause = cause
+	}
+	stragglers := t.cancelAll(callCause)
 	if t.hook != nil {
 		t.hook(hookScanned)
 	}
@@ -465,7 +545,7 @@ func (t *Tracker) force(cause error, idle <-chan struct{}) {
 // cancelAll cancels every registered call, marks it reported and describes
 // them, oldest first. The mark, under the shard lock, is what a Begin racing
 // with it consults to know whether it is named (see begin).
-func (t *Tracker) cancelAll() []CallInfo {
+func (t *Tracker) cancelAll(cause error) []CallInfo {
 	var infos []CallInfo
 	now, mono := time.Now(), time.Since(epoch)
 	for i := range t.shards {
@@ -474,9 +554,9 @@ func (t *Tracker) cancelAll() []CallInfo {
 		for j := range s.slots {
 			if sl := &s.slots[j]; sl.cancel != nil {
 				sl.reported = true
-				sl.cancel(ErrForcedShutdown)
+				sl.cancel(cause)
 				if sl.attempts != nil {
-					sl.attempts.cancelAttempt(ErrForcedShutdown)
+					sl.attempts.cancelAttempt(cause)
 				}
 				infos = append(infos, CallInfo{ID: sl.id, Label: sl.label, Started: now.Add(sl.started - mono)})
 			}
@@ -565,3 +645,53 @@ func (e *ForcedDrainError) Error() string {
 
 // Unwrap returns Cause.
 func (e *ForcedDrainError) Unwrap() error { return e.Cause }
+
+// CallsCancelledError is returned by Drain (so Client.Shutdown) when no
+// call was left to wait for because a signal had cancelled calls first:
+// their context came from signal.NotifyContext, which cancels it at the
+// very signal the drain is answering. The drain had nothing to wait for,
+// but those calls were lost, so it does not report success. Give such
+// calls a context that outlives the signal (context.WithoutCancel, or
+// context.Background, bounded by a timeout of its own) and let the drain
+// decide when to give up; see the README's "Adopting it in an existing
+// service".
+//
+// It is recognised from the context's cause, which signal.NotifyContext
+// sets from Go 1.26 on; built with an older Go, such a call is not
+// noticed. A drain that was also forced returns its *ForcedDrainError.
+type CallsCancelledError struct {
+	// Cause is the signal context's cause, such as "terminated signal
+	// received".
+	Cause error
+	// Calls are the calls it cancelled, in the order they ended, the
+	// first 100 of them.
+	Calls []CallInfo
+	// N is how many calls it cancelled.
+	N int
+}
+
+// Error says how many calls the signal cut and names up to five.
+func (e *CallsCancelledError) Error() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "llmdrain: %d call", e.N)
+	if e.N != 1 {
+		b.WriteString("s")
+	}
+	fmt.Fprintf(&b, " cancelled by a signal's context (%v) instead of drained", e.Cause)
+	for i, c := range e.Calls {
+		if i == 5 {
+			fmt.Fprintf(&b, ", and %d more", e.N-i)
+			break
+		}
+		sep := ", "
+		if i == 0 {
+			sep = ": "
+		}
+		fmt.Fprintf(&b, "%s%s", sep, c)
+	}
+	b.WriteString("; give them a context that outlives the signal, such as context.WithoutCancel(ctx)")
+	return b.String()
+}
+
+// Unwrap returns Cause, which matches context.Canceled.
+func (e *CallsCancelledError) Unwrap() error { return e.Cause }

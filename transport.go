@@ -115,11 +115,17 @@ func (t *transport) RoundTrip(req *http.Request) (_ *http.Response, err error) {
 		}
 	}()
 	c.obs.waitedSlot()
+	var prev, expected *target // the last attempt's target, and where the logs said the next goes
 	for {
 		tg, p, ok := t.router.pick(&c.route)
 		if !ok { // unreachable: a call with no target left ends below
 			return nil, errNoTarget
 		}
+		if prev != nil && tg != expected {
+			// The breakers changed during the wait: say where it went.
+			t.warn(c.ctx, "llmdrain: failing over", "attempt", c.attempts+1, "endpoint", tg.host(), "from", prev.host())
+		}
+		prev = tg
 		permit, holding = p, true
 		resp, err := c.attempt(tg)
 		o := classify(c.ctx, resp, err, t.shouldRetry)
@@ -167,7 +173,16 @@ func (t *transport) RoundTrip(req *http.Request) (_ *http.Response, err error) {
 		if o == silent {
 			wait = 0 // the timeout was the wait; the next target is another
 		}
-		t.log(c.ctx, "llmdrain: retrying", "attempt", c.attempts, "wait", wait, "endpoint", tg.host(), "reason", reason(resp, err))
+		if expected = t.router.peek(&c.route); expected == nil {
+			expected = tg
+		}
+		if t.logger != nil {
+			why := reason(resp, err)
+			if expected != tg {
+				t.warn(c.ctx, "llmdrain: failing over", "attempt", c.attempts+1, "endpoint", expected.host(), "from", tg.host(), "reason", why)
+			}
+			t.log(c.ctx, "llmdrain: retrying", "attempt", c.attempts, "wait", wait, "endpoint", expected.host(), "from", tg.host(), "reason", why)
+		}
 		if err := c.next(resp, wait, waitReason(resp, wait, now)); err != nil {
 			return nil, err
 		}
@@ -226,6 +241,13 @@ const maxLabels = 64
 func (t *transport) log(ctx context.Context, msg string, args ...any) {
 	if t.logger != nil {
 		t.logger.InfoContext(ctx, msg, args...)
+	}
+}
+
+// warn logs what is going wrong: a target out, a failover.
+func (t *transport) warn(ctx context.Context, msg string, args ...any) {
+	if t.logger != nil {
+		t.logger.WarnContext(ctx, msg, args...)
 	}
 }
 

@@ -174,6 +174,9 @@ func (s *Server) serveChat(w http.ResponseWriter, r *http.Request) {
 	if readErr != nil && !tooLarge(readErr) {
 		return // the client went away mid-request: nobody to answer
 	}
+	if d := deployment(r); d != "" && readErr == nil {
+		body = withModel(body, d) // Azure: the deployment is the model
+	}
 	// Rejections are faults of the server's own making; they do not consume
 	// the script.
 	var req openai.ChatCompletionRequest
@@ -348,7 +351,7 @@ func (s *Server) plainChat(w http.ResponseWriter, r *http.Request, call chatCall
 	}
 	// Counted before writing so that a client holding the response can
 	// rely on Completed; see there.
-	undo := s.countSuccess(call.prompt)
+	undo := s.countSuccess(call.prompt, call.usage)
 	done()
 	if !writeBody(w, http.StatusOK, "application/json", body, f.header) {
 		undo()
@@ -484,7 +487,7 @@ func (s *Server) streamChat(w http.ResponseWriter, r *http.Request, call chatCal
 		if i == total-1 && succeeds {
 			// Counted before [DONE] goes out so that a client that has
 			// read it can rely on Completed; see there.
-			undo = s.countSuccess(call.prompt)
+			undo = s.countSuccess(call.prompt, call.usage)
 			done()
 		}
 		// Flush each event on its own: clients must be able to observe a
@@ -551,4 +554,15 @@ func countWords(text string) int {
 		n++
 	}
 	return n
+}
+
+// withModel returns body, a JSON object, with its model set to model; body
+// as it is if it is no JSON object.
+func withModel(body []byte, model string) []byte {
+	var fields map[string]json.RawMessage
+	if json.Unmarshal(body, &fields) != nil || fields == nil {
+		return body
+	}
+	fields["model"] = mustJSON(model)
+	return mustJSON(fields)
 }

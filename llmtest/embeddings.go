@@ -48,6 +48,9 @@ func (s *Server) serveEmbeddings(w http.ResponseWriter, r *http.Request) {
 	if err != nil {
 		return // the client went away mid-request: nobody to answer
 	}
+	if d := deployment(r); d != "" {
+		body = withModel(body, d) // Azure: the deployment is the model
+	}
 	var req embeddingRequest
 	if err := json.Unmarshal(body, &req); err != nil {
 		s.respondAPIError(w, r, http.StatusBadRequest,

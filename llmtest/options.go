@@ -19,6 +19,7 @@ type config struct {
 	anyModel   bool
 	window     int
 	windowSet  bool
+	azure      bool
 }
 
 // Option configures a Server at construction; see NewServer.
@@ -98,4 +99,19 @@ func WithModels(ids ...string) Option {
 // limit. The default is DefaultContextWindow.
 func WithContextWindow(tokens int) Option {
 	return func(c *config) { c.window, c.windowSet = max(tokens, 0), true }
+}
+
+// WithAzure makes the server answer as an Azure OpenAI resource does, for
+// clients configured with go-openai's APITypeAzure: Server.URL is the
+// resource's root ("http://127.0.0.1:41234", no /v1), chat completions are
+// served at POST /openai/deployments/{deployment}/chat/completions and
+// embeddings at .../{deployment}/embeddings, each with an api-version
+// query parameter (404 without one, as Azure answers), and the deployment
+// is the model: it replaces the model named in the body, and must be one
+// the server serves. With WithAPIKey the key must come in the "api-key"
+// header (Azure's key authentication); a request without it, a bearer
+// token included, is answered 401 as Azure answers it. Faults, latency,
+// chaos and the counters work as for the OpenAI paths.
+func WithAzure() Option {
+	return func(c *config) { c.azure = true }
 }

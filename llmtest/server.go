@@ -24,6 +24,7 @@ type Server struct {
 	URL string
 
 	apiKey     string
+	azure      bool // WithAzure
 	chunkDelay time.Duration
 	chaos      Chaos
 	// models are the models served; nil: any. contextWindow bounds a
@@ -78,11 +79,16 @@ func NewServer(opts ...Option) *Server {
 		cfg.window = DefaultContextWindow
 	}
 	ctx, cancel := context.WithCancel(context.Background())
+	url := "http://" + ln.Addr().String() + "/v1"
+	if cfg.azure {
+		url = "http://" + ln.Addr().String() // a resource's root
+	}
 	s := &Server{
 		models:        cfg.models,
 		contextWindow: cfg.window,
-		URL:           "http://" + ln.Addr().String() + "/v1",
+		URL:           url,
 		apiKey:        cfg.apiKey,
+		azure:         cfg.azure,
 		chunkDelay:    cfg.chunkDelay,
 		chaos:         cfg.chaos,
 		ctx:           ctx,
@@ -160,6 +166,12 @@ func (s *Server) route(w http.ResponseWriter, r *http.Request) {
 	s.handlers.Add(1)
 	defer s.handlers.Done()
 
+	if s.azure {
+		var ok bool
+		if r, ok = s.azureRequest(w, r); !ok {
+			return
+		}
+	}
 	if r.URL.Path == "/v1/chat/completions" && r.Method == http.MethodPost {
 		s.serveChat(w, r)
 		return
@@ -202,7 +214,38 @@ func (s *Server) route(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) authorized(r *http.Request) bool {
+	if s.azure {
+		return s.apiKey == "" || r.Header.Get("api-key") == s.apiKey
+	}
 	return s.apiKey == "" || r.Header.Get("Authorization") == "Bearer "+s.apiKey
+}
+
+// deploymentKey is the context key of an Azure request's deployment.
+type deploymentKey struct{}
+
+// azureRequest maps an Azure OpenAI request to the server's own paths:
+// /openai/deployments/{d}/{rest}?api-version=V becomes /v1/{rest}, with d
+// in the request's context as the model. It answers what Azure would
+// refuse (no api-version, another path) itself and reports false.
+func (s *Server) azureRequest(w http.ResponseWriter, r *http.Request) (*http.Request, bool) {
+	rest, ok := strings.CutPrefix(r.URL.Path, "/openai/deployments/")
+	deployment, rest, found := strings.Cut(rest, "/")
+	if !ok || !found || deployment == "" || rest == "" || r.URL.Query().Get("api-version") == "" {
+		s.countOther()
+		respondFault(w, apiFault(http.StatusNotFound, "Resource not found", "", "404"))
+		return r, false
+	}
+	r2 := r.WithContext(context.WithValue(r.Context(), deploymentKey{}, deployment))
+	u := *r.URL
+	u.Path, u.RawPath = "/v1/"+rest, ""
+	r2.URL = &u
+	return r2, true
+}
+
+// deployment returns the Azure deployment r was sent to, or "".
+func deployment(r *http.Request) string {
+	d, _ := r.Context().Value(deploymentKey{}).(string)
+	return d
 }
 
 // trackConn keeps the set of live connections for Close.

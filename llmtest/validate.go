@@ -195,6 +195,9 @@ func modelNotFound(model string) Fault {
 // authFault is the API's answer to a request without a key, or with the
 // wrong one: the key masked as the API masks it.
 func authFault(r *http.Request) Fault {
+	if deployment(r) != "" {
+		return apiFault(http.StatusUnauthorized, "Access denied due to invalid subscription key or wrong API endpoint. Make sure to provide a valid key for an active subscription and use a correct regional API endpoint for your resource.", "", "401")
+	}
 	bearer, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
 	if !ok || bearer == "" {
 		return apiFault(http.StatusUnauthorized, "You didn't provide an API key. You need to provide your API key in an Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY), or as the password field (with blank username) if you're accessing the API from your browser and are prompted for a username and password. You can obtain an API key from https://platform.openai.com/account/api-keys.", "", "")
