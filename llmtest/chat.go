@@ -351,7 +351,7 @@ func (s *Server) plainChat(w http.ResponseWriter, r *http.Request, call chatCall
 	}
 	// Counted before writing so that a client holding the response can
 	// rely on Completed; see there.
-	undo := s.countSuccess(call.prompt)
+	undo := s.countSuccess(call.prompt, call.usage)
 	done()
 	if !writeBody(w, http.StatusOK, "application/json", body, f.header) {
 		undo()
@@ -487,7 +487,7 @@ func (s *Server) streamChat(w http.ResponseWriter, r *http.Request, call chatCal
 		if i == total-1 && succeeds {
 			// Counted before [DONE] goes out so that a client that has
 			// read it can rely on Completed; see there.
-			undo = s.countSuccess(call.prompt)
+			undo = s.countSuccess(call.prompt, call.usage)
 			done()
 		}
 		// Flush each event on its own: clients must be able to observe a

@@ -22,6 +22,12 @@ type Stats struct {
 	MaxInFlight int // high-water mark of InFlight since the server started
 	Other       int // requests to any path or method other than POST /v1/chat/completions
 	RateLimited int // chat requests answered 429 by WithRateLimit's metering (counted in Faults too)
+
+	// PromptTokens and CompletionTokens are the tokens billed for the
+	// answers counted in Succeeded: the sums of their usage's
+	// prompt_tokens and completion_tokens, whether or not a stream asked
+	// for its usage event. A client's token metrics must add up to them.
+	PromptTokens, CompletionTokens int
 }
 
 // Stats returns a consistent snapshot of the server's counters.
@@ -81,15 +87,19 @@ func (s *Server) countOther() {
 
 // countSuccess records a success about to be delivered; the returned func
 // takes it back if the delivery then fails.
-func (s *Server) countSuccess(prompt string) (undo func()) {
+func (s *Server) countSuccess(prompt string, u usage) (undo func()) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.stats.Succeeded++
+	s.stats.PromptTokens += u.PromptTokens
+	s.stats.CompletionTokens += u.CompletionTokens
 	s.completed[prompt]++
 	return func() {
 		s.mu.Lock()
 		defer s.mu.Unlock()
 		s.stats.Succeeded--
+		s.stats.PromptTokens -= u.PromptTokens
+		s.stats.CompletionTokens -= u.CompletionTokens
 		if s.completed[prompt]--; s.completed[prompt] == 0 {
 			delete(s.completed, prompt)
 		}

@@ -21,16 +21,26 @@ func TestStatsCounts(t *testing.T) {
 	client := newClient(t, srv)
 	ctx := testContext(t)
 
+	// The tokens billed are those of the answers delivered in full.
+	var prompt, completion int
 	for range 2 {
-		_, err := client.CreateChatCompletion(ctx, chatRequest("plain"))
+		resp, err := client.CreateChatCompletion(ctx, chatRequest("plain"))
 		require.NoError(t, err)
+		prompt, completion = prompt+resp.Usage.PromptTokens, completion+resp.Usage.CompletionTokens
 	}
-	stream, err := client.CreateChatCompletionStream(ctx, chatRequest("streamed"))
+	req := chatRequest("streamed a little longer")
+	req.StreamOptions = &openai.StreamOptions{IncludeUsage: true}
+	stream, err := client.CreateChatCompletionStream(ctx, req)
 	require.NoError(t, err)
 	for err == nil {
-		_, err = stream.Recv()
+		var chunk openai.ChatCompletionStreamResponse
+		if chunk, err = stream.Recv(); err == nil && chunk.Usage != nil {
+			prompt, completion = prompt+chunk.Usage.PromptTokens, completion+chunk.Usage.CompletionTokens
+		}
 	}
 	stream.Close()
+	require.NotZero(t, prompt)
+	require.NotZero(t, completion)
 
 	srv.Script(llmtest.Status(http.StatusInternalServerError), llmtest.Truncate(1))
 	_, err = client.CreateChatCompletion(ctx, chatRequest("fails"))
@@ -58,6 +68,8 @@ func TestStatsCounts(t *testing.T) {
 		InFlight:    0,
 		MaxInFlight: 1, // sequential requests never overlap
 		Other:       3,
+
+		PromptTokens: prompt, CompletionTokens: completion, // the 500 and the cut stream billed nothing
 	}, settled(t, srv))
 }
 

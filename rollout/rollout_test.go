@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"fmt"
 	"net/http"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
@@ -14,7 +15,7 @@ import (
 	"time"
 
 	"github.com/llmdrain/llmdrain"
-	"github.com/llmdrain/llmdrain/examples/server/settings"
+	"github.com/llmdrain/llmdrain/internal/serversettings"
 	"github.com/llmdrain/llmdrain/llmtest"
 )
 
@@ -87,12 +88,12 @@ func TestRollingRestart(t *testing.T) {
 		t.Skip("a minute of rolling restarts under load; skipped with -short")
 	}
 	haproxy := findHAProxy(t)
-	bins := build(t, "github.com/llmdrain/llmdrain/examples/server", "github.com/llmdrain/llmdrain/rollout/naive")
+	bins := build(t, "../examples/server", "./naive")
 
 	variants := []variant{
 		{name: "examples/server", bin: bins[0], drains: true, env: []string{
-			settings.EnvDrainDelay + "=" + drainDelay.String(),
-			settings.EnvDrainTimeout + "=" + drainTimeout.String(),
+			serversettings.EnvDrainDelay + "=" + drainDelay.String(),
+			serversettings.EnvDrainTimeout + "=" + drainTimeout.String(),
 		}},
 		{name: "naive control", bin: bins[1]},
 	}
@@ -109,23 +110,28 @@ func TestRollingRestart(t *testing.T) {
 	}
 }
 
-// build compiles the commands once, without the race detector, to keep
-// them quick (the test itself runs under -race in CI), and returns their
-// paths in order.
-func build(t *testing.T, pkgs ...string) []string {
+// build compiles the commands in dirs (relative to this package; each
+// built in its own directory, since examples/server is a module of its
+// own) once, without the race detector, to keep them quick (the test
+// itself runs under -race in CI), and returns their paths in order.
+func build(t *testing.T, dirs ...string) []string {
 	t.Helper()
 	goTool, err := exec.LookPath("go")
 	if err != nil {
 		t.Fatalf("the go command is needed to build the replicas: %v", err)
 	}
-	dir := t.TempDir()
-	out, err := exec.Command(goTool, append([]string{"build", "-o", dir + string(filepath.Separator)}, pkgs...)...).CombinedOutput()
-	if err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
-	bins := make([]string, len(pkgs))
-	for i, p := range pkgs {
-		bins[i] = filepath.Join(dir, p[strings.LastIndex(p, "/")+1:])
+	out := t.TempDir()
+	bins := make([]string, len(dirs))
+	for i, d := range dirs {
+		bins[i] = filepath.Join(out, filepath.Base(d))
+		cmd := exec.Command(goTool, "build", "-o", bins[i], ".")
+		cmd.Dir = d
+		// -mod=mod: examples/server replaces the library with ../..,
+		// so a new library dependency needs no go.sum update there first.
+		cmd.Env = append(os.Environ(), "GOFLAGS=-mod=mod")
+		if msg, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("go build in %s: %v\n%s", d, err, msg)
+		}
 	}
 	return bins
 }
@@ -158,7 +164,7 @@ func rollingRestart(t *testing.T, haproxy string, v variant, out *outcome) {
 	c := &cluster{
 		t: t, v: v, dir: t.TempDir(), ports: ports[2:], procs: make([]*proc, replicas), gen: make([]int, replicas),
 		env: childEnv(append([]string{
-			"HOLYSHEEP_API_KEY=" + testKey, "HOLYSHEEP_BASE_URL=" + up.URL, settings.EnvLogLevel + "=info",
+			"HOLYSHEEP_API_KEY=" + testKey, "HOLYSHEEP_BASE_URL=" + up.URL, serversettings.EnvLogLevel + "=info",
 		}, v.env...)...),
 		statsURL: fmt.Sprintf("http://127.0.0.1:%d/stats", stats),
 		probe:    &http.Client{Transport: probeTr, Timeout: 2 * time.Second},
@@ -320,7 +326,7 @@ func (c *cluster) startReplica(i int) {
 	c.t.Helper()
 	c.gen[i]++
 	name := fmt.Sprintf("%s.%d", replicaName(i), c.gen[i])
-	env := slices.Concat(c.env, []string{fmt.Sprintf("%s=127.0.0.1:%d", settings.EnvAddr, c.ports[i])})
+	env := slices.Concat(c.env, []string{fmt.Sprintf("%s=127.0.0.1:%d", serversettings.EnvAddr, c.ports[i])})
 	p := startProc(c.t, c.dir, name, env, c.v.bin)
 	url := fmt.Sprintf("http://127.0.0.1:%d/readyz", c.ports[i])
 	if !poll(10*time.Second, p.exited, func() bool { return getStatus(c.probe, url) == http.StatusOK }) {
@@ -372,7 +378,7 @@ func (c *cluster) restart(i int) {
 // returns how long it took.
 func (c *cluster) reap(p *proc, sent time.Time) time.Duration {
 	c.t.Helper()
-	p.wait(c.t, drainDelay+drainTimeout+settings.ExitGrace+5*time.Second)
+	p.wait(c.t, drainDelay+drainTimeout+serversettings.ExitGrace+5*time.Second)
 	took := p.exit.Sub(sent)
 	c.out.shutdowns++
 	c.out.exitTook = append(c.out.exitTook, took)

@@ -16,7 +16,7 @@ import (
 	openai "github.com/sashabaranov/go-openai"
 
 	"github.com/llmdrain/llmdrain"
-	"github.com/llmdrain/llmdrain/examples/server/settings"
+	"github.com/llmdrain/llmdrain/internal/serversettings"
 )
 
 type generateRequest struct {
@@ -44,11 +44,11 @@ type errorResponse struct {
 type generator struct {
 	client *llmdrain.Client
 	log    *slog.Logger
-	cfg    settings.Settings
+	cfg    serversettings.Settings
 	slots  chan struct{} // one per generate admitted; cap MaxInFlight
 }
 
-func newGenerator(client *llmdrain.Client, log *slog.Logger, cfg settings.Settings) *generator {
+func newGenerator(client *llmdrain.Client, log *slog.Logger, cfg serversettings.Settings) *generator {
 	return &generator{client: client, log: log, cfg: cfg, slots: make(chan struct{}, cfg.MaxInFlight)}
 }
 

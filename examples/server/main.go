@@ -2,7 +2,7 @@
 // without losing any of them: the service the examples deploy to
 // Kubernetes (see k8s/).
 //
-//	go run ./examples/server
+//	cd examples/server && go run .
 //	curl -s localhost:8080/v1/generate -d '{"prompt":"hello"}'
 //	curl -sN localhost:8080/v1/generate -d '{"prompt":"hello","stream":true}'
 //
@@ -40,6 +40,11 @@
 //	                   dropped and its LLM call cancelled (default 10s)
 //	IDLE_TIMEOUT       a keep-alive connection idle this long is closed
 //	                   (default 60s)
+//	METRICS_ADDR       listen address of GET /metrics, the client's
+//	                   OpenTelemetry metrics for Prometheus (default none:
+//	                   no metrics)
+//	METRICS_LINGER     how long /metrics stays up after the drain, so
+//	                   Prometheus scrapes its outcome (default 0)
 //
 // Request headers are limited to 16 KiB (431 above). Errors are JSON,
 // {"error": "..."}, 404 and 405 included.
@@ -49,6 +54,10 @@
 // streams included, finish within DRAIN_TIMEOUT, and exits 0. Requests cut
 // at that deadline make it exit 1; so does a second signal, which cuts them
 // at once.
+//
+// /metrics has a listener of its own, so that it keeps answering while the
+// main one drains; it closes when the process exits, METRICS_LINGER after
+// the drain.
 //
 // Logs are structured (slog), JSON when stderr is not a terminal, and never
 // contain the API key.
@@ -66,7 +75,7 @@ import (
 
 	"github.com/llmdrain/llmdrain"
 	"github.com/llmdrain/llmdrain/examples/internal/offline"
-	"github.com/llmdrain/llmdrain/examples/server/settings"
+	"github.com/llmdrain/llmdrain/internal/serversettings"
 )
 
 func main() {
@@ -74,7 +83,7 @@ func main() {
 }
 
 func run() int {
-	cfg, err := settings.FromEnv(os.LookupEnv)
+	cfg, err := serversettings.FromEnv(os.LookupEnv)
 	logger := newLogger(os.Stderr, cfg.LogLevel)
 	if err != nil {
 		logger.Error("bad configuration", "error", err)
@@ -93,6 +102,17 @@ func run() int {
 	llmCfg.Logger = logger
 	// The LLM calls are bounded like the requests that make them.
 	llmCfg.MaxConcurrent = cfg.MaxInFlight
+	metrics, err := startMetrics(cfg.MetricsAddr, logger)
+	if err != nil {
+		logger.Error("cannot serve metrics", "addr", cfg.MetricsAddr, "error", err)
+		return 1
+	}
+	// Closed last but for the backend: Prometheus scrapes the drain's
+	// outcome while the process lingers.
+	defer metrics.Close()
+	if metrics != nil {
+		llmCfg.Hooks = metrics.Hooks
+	}
 	client, err := llmdrain.New(llmCfg)
 	if err != nil {
 		logger.Error("bad LLM configuration", "error", err)
@@ -116,7 +136,7 @@ func run() int {
 	srv := &http.Server{
 		Handler:           accessLog(logger, mux),
 		ReadHeaderTimeout: cfg.HeaderTimeout,
-		MaxHeaderBytes:    settings.MaxHeaderBytes,
+		MaxHeaderBytes:    serversettings.MaxHeaderBytes,
 		IdleTimeout:       cfg.IdleTimeout,
 		// No ReadTimeout or WriteTimeout: they would cut long streamed
 		// answers. The generator bounds reading each body and each write
@@ -151,6 +171,7 @@ func run() int {
 		logger.Error("server failed", "error", cause)
 		return 1
 	}
+	metrics.Linger(cfg.MetricsLinger)
 	if err != nil {
 		logger.Error("shutdown cut requests short", "error", err)
 		return 1

@@ -19,7 +19,7 @@ import (
 
 	"github.com/llmdrain/llmdrain"
 	"github.com/llmdrain/llmdrain/examples/internal/proctest"
-	"github.com/llmdrain/llmdrain/examples/server/settings"
+	"github.com/llmdrain/llmdrain/internal/serversettings"
 	"github.com/llmdrain/llmdrain/llmtest"
 )
 
@@ -219,7 +219,7 @@ func TestSecondSignalExitsAtOnce(t *testing.T) {
 	checkLogs(t, p)
 }
 
-// TestDrainTimeoutBoundsExit checks settings.ExitGrace, the number the
+// TestDrainTimeoutBoundsExit checks serversettings.ExitGrace, the number the
 // Kubernetes budget relies on: a request that outlives DRAIN_TIMEOUT is cut
 // and the process exits non-zero within DRAIN_TIMEOUT + ExitGrace.
 func TestDrainTimeoutBoundsExit(t *testing.T) {
@@ -234,11 +234,11 @@ func TestDrainTimeoutBoundsExit(t *testing.T) {
 
 	start := time.Now()
 	p.Signal(syscall.SIGTERM)
-	code := p.Wait(drainTimeout + settings.ExitGrace + 5*time.Second)
+	code := p.Wait(drainTimeout + serversettings.ExitGrace + 5*time.Second)
 	took := time.Since(start)
 	assert.Equal(t, 1, code)
 	assert.GreaterOrEqual(t, took, drainTimeout)
-	assert.Less(t, took, drainTimeout+settings.ExitGrace, "exit within DRAIN_TIMEOUT + ExitGrace")
+	assert.Less(t, took, drainTimeout+serversettings.ExitGrace, "exit within DRAIN_TIMEOUT + ExitGrace")
 	r := <-res
 	assert.True(t, r.err != nil || r.status != http.StatusOK, "the cut request did not succeed: %+v", r)
 	assert.Contains(t, p.Output(proctest.Stderr), "shutdown cut requests short")

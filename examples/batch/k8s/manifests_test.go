@@ -21,7 +21,7 @@ import (
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 
 	"github.com/llmdrain/llmdrain"
-	"github.com/llmdrain/llmdrain/examples/server/settings"
+	"github.com/llmdrain/llmdrain/internal/serversettings"
 )
 
 // strictDecoder decodes YAML into the typed API objects registered in its
@@ -238,12 +238,12 @@ func TestJob(t *testing.T) {
 		t.Fatalf("terminationGracePeriodSeconds is not set (the default 30s is below -grace)")
 	}
 	grace := time.Duration(*pod.TerminationGracePeriodSeconds) * time.Second
-	budget := f.grace + llmdrain.ShutdownGrace + settings.ExitGrace
+	budget := f.grace + llmdrain.ShutdownGrace + serversettings.ExitGrace
 	t.Logf("-grace %v + ShutdownGrace %v + ExitGrace %v = %v; terminationGracePeriodSeconds %v (margin %v, need %v)",
-		f.grace, llmdrain.ShutdownGrace, settings.ExitGrace, budget, grace, grace-budget, settings.MinMargin)
-	if grace < budget+settings.MinMargin {
+		f.grace, llmdrain.ShutdownGrace, serversettings.ExitGrace, budget, grace, grace-budget, serversettings.MinMargin)
+	if grace < budget+serversettings.MinMargin {
 		t.Errorf("terminationGracePeriodSeconds %v does not cover -grace + ShutdownGrace + ExitGrace = %v plus the %v margin",
-			grace, budget, settings.MinMargin)
+			grace, budget, serversettings.MinMargin)
 	}
 }
 

@@ -24,7 +24,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/intstr"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 
-	"github.com/llmdrain/llmdrain/examples/server/settings"
+	"github.com/llmdrain/llmdrain/internal/serversettings"
 )
 
 // strictDecoder decodes YAML into the typed API objects registered in its
@@ -146,7 +146,7 @@ func TestManifests(t *testing.T) {
 	c := pod.Containers[0]
 
 	// The server's own configuration, read from the manifest's env.
-	cfg, err := settings.FromEnv(envLookup(t, c.Env))
+	cfg, err := serversettings.FromEnv(envLookup(t, c.Env))
 	if err != nil {
 		t.Fatalf("the server would reject the manifest's env: %v", err)
 	}
@@ -217,9 +217,9 @@ func TestManifests(t *testing.T) {
 	}
 	// The bounds the memory limit was measured against (the server's
 	// TestMemoryBoundedUnderAttack) are the defaults or tighter.
-	if cfg.MaxInFlight > settings.DefaultMaxInFlight || cfg.MaxBodyBytes > settings.DefaultMaxBodyBytes {
+	if cfg.MaxInFlight > serversettings.DefaultMaxInFlight || cfg.MaxBodyBytes > serversettings.DefaultMaxBodyBytes {
 		t.Errorf("MAX_IN_FLIGHT %d and MAX_BODY_BYTES %d above the measured defaults %d and %d: measure the memory again",
-			cfg.MaxInFlight, cfg.MaxBodyBytes, settings.DefaultMaxInFlight, settings.DefaultMaxBodyBytes)
+			cfg.MaxInFlight, cfg.MaxBodyBytes, serversettings.DefaultMaxInFlight, serversettings.DefaultMaxBodyBytes)
 	}
 
 	// The timing budget: the kubelet's SIGKILL must come after the
@@ -230,14 +230,14 @@ func TestManifests(t *testing.T) {
 	grace := time.Duration(*pod.TerminationGracePeriodSeconds) * time.Second
 	budget := cfg.ShutdownBudget(preStop)
 	t.Logf("preStop %v + DRAIN_DELAY %v + DRAIN_TIMEOUT %v + ExitGrace %v = %v; terminationGracePeriodSeconds %v (margin %v, need %v)",
-		preStop, cfg.DrainDelay, cfg.DrainTimeout, settings.ExitGrace, budget, grace, grace-budget, settings.MinMargin)
-	if grace < budget+settings.MinMargin {
+		preStop, cfg.DrainDelay, cfg.DrainTimeout, serversettings.ExitGrace, budget, grace, grace-budget, serversettings.MinMargin)
+	if grace < budget+serversettings.MinMargin {
 		t.Errorf("terminationGracePeriodSeconds %v does not cover preStop + DRAIN_DELAY + DRAIN_TIMEOUT + ExitGrace = %v plus the %v margin",
-			grace, budget, settings.MinMargin)
+			grace, budget, serversettings.MinMargin)
 	}
 }
 
-// envLookup turns a container's env into a lookup for settings.FromEnv.
+// envLookup turns a container's env into a lookup for serversettings.FromEnv.
 // Variables set from a Secret or elsewhere are reported as set but empty
 // (their value is not in the manifest).
 func envLookup(t *testing.T, env []corev1.EnvVar) func(string) (string, bool) {

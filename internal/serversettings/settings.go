@@ -1,11 +1,14 @@
-// Package settings reads the server example's configuration from its
+// Package serversettings reads the server example's configuration from its
 // environment and states its shutdown timing budget.
 //
-// It is a package of its own so that the Kubernetes manifests' test (in
-// ../k8s, a separate module) checks terminationGracePeriodSeconds with the
-// very code and defaults the server runs with: it feeds the manifest's env
-// to FromEnv and compares the grace period with ShutdownBudget.
-package settings
+// It lives here, in the library's module rather than in examples/server
+// (a module of its own, for its OpenTelemetry dependencies), and is a
+// package of its own so that the Kubernetes manifests' tests (in
+// examples/server/k8s and examples/batch/k8s, separate modules) check
+// terminationGracePeriodSeconds with the very code and defaults the server
+// runs with: they feed the manifest's env to FromEnv and compare the grace
+// period with ShutdownBudget.
+package serversettings
 
 import (
 	"errors"
@@ -31,6 +34,9 @@ const (
 	EnvBodyTimeout     = "BODY_TIMEOUT"
 	EnvWriteTimeout    = "WRITE_TIMEOUT"
 	EnvIdleTimeout     = "IDLE_TIMEOUT"
+
+	EnvMetricsAddr   = "METRICS_ADDR"
+	EnvMetricsLinger = "METRICS_LINGER"
 )
 
 // Defaults for unset variables.
@@ -62,6 +68,8 @@ const (
 	DefaultWriteTimeout = 10 * time.Second
 	// DefaultIdleTimeout closes a keep-alive connection idle this long.
 	DefaultIdleTimeout = 60 * time.Second
+	// DefaultMetricsLinger is 0: /metrics closes when the process exits.
+	DefaultMetricsLinger = 0 * time.Second
 )
 
 // MaxHeaderBytes bounds a request's headers: 16 KiB is far above what a
@@ -112,6 +120,16 @@ type Settings struct {
 	// HeaderTimeout, BodyTimeout, WriteTimeout and IdleTimeout bound the
 	// phases of a client's exchange; see the Default* constants.
 	HeaderTimeout, BodyTimeout, WriteTimeout, IdleTimeout time.Duration
+
+	// MetricsAddr is the listen address of /metrics, for Prometheus; ""
+	// (the default) serves none. A listener of its own, so that the main
+	// port can drain while Prometheus still scrapes.
+	MetricsAddr string
+	// MetricsLinger is how long /metrics stays up once the drain is over,
+	// so that Prometheus scrapes its outcome (in flight back to 0, the
+	// drain recorded) before the process exits: more than one scrape
+	// interval. 0 exits at once.
+	MetricsLinger time.Duration
 }
 
 // FromEnv reads the settings through lookup (os.LookupEnv in the server)
@@ -127,6 +145,9 @@ func FromEnv(lookup func(string) (string, bool)) (Settings, error) {
 	var errs []error
 	if v, ok := lookup(EnvAddr); ok && v != "" {
 		s.Addr = v
+	}
+	if v, ok := lookup(EnvMetricsAddr); ok && v != "" {
+		s.MetricsAddr = v
 	}
 	duration := func(name string, dst *time.Duration, positive bool) {
 		v, ok := lookup(name)
@@ -149,6 +170,7 @@ func FromEnv(lookup func(string) (string, bool)) (Settings, error) {
 	duration(EnvBodyTimeout, &s.BodyTimeout, true)
 	duration(EnvWriteTimeout, &s.WriteTimeout, true)
 	duration(EnvIdleTimeout, &s.IdleTimeout, true)
+	duration(EnvMetricsLinger, &s.MetricsLinger, false)
 	count := func(name string, set func(int64)) {
 		v, ok := lookup(name)
 		if !ok || v == "" {
@@ -185,9 +207,9 @@ func FromEnv(lookup func(string) (string, bool)) (Settings, error) {
 
 // ShutdownBudget is the longest the server can take to exit once its pod
 // starts terminating: preStop (the hook, run before SIGTERM is sent), then
-// DrainDelay, then DrainTimeout, then ExitGrace. A Kubernetes
+// DrainDelay, then DrainTimeout, then MetricsLinger, then ExitGrace. A Kubernetes
 // terminationGracePeriodSeconds must be at least this plus MinMargin, or
 // the kubelet's SIGKILL cuts the requests the drain was waiting for.
 func (s Settings) ShutdownBudget(preStop time.Duration) time.Duration {
-	return preStop + s.DrainDelay + s.DrainTimeout + ExitGrace
+	return preStop + s.DrainDelay + s.DrainTimeout + s.MetricsLinger + ExitGrace
 }

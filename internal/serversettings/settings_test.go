@@ -1,4 +1,4 @@
-package settings
+package serversettings
 
 import (
 	"log/slog"
@@ -33,12 +33,14 @@ func TestFromEnv(t *testing.T) {
 		EnvAddr: "127.0.0.1:0", EnvDrainDelay: "5s", EnvDrainTimeout: "90s", EnvLogLevel: "debug",
 		EnvMaxInFlight: "8", EnvMaxBodyBytes: "1024", EnvAllowedModels: " gpt-4o-mini, gpt-4o ,", EnvMaxOutputTokens: "50",
 		EnvHeaderTimeout: "1s", EnvBodyTimeout: "2s", EnvWriteTimeout: "3s", EnvIdleTimeout: "4s",
+		EnvMetricsAddr: "127.0.0.1:9464", EnvMetricsLinger: "2s",
 	}))
 	require.NoError(t, err)
 	assert.Equal(t, Settings{
 		Addr: "127.0.0.1:0", DrainDelay: 5 * time.Second, DrainTimeout: 90 * time.Second, LogLevel: slog.LevelDebug,
 		MaxInFlight: 8, MaxBodyBytes: 1024, AllowedModels: []string{"gpt-4o-mini", "gpt-4o"}, MaxOutputTokens: 50,
 		HeaderTimeout: time.Second, BodyTimeout: 2 * time.Second, WriteTimeout: 3 * time.Second, IdleTimeout: 4 * time.Second,
+		MetricsAddr: "127.0.0.1:9464", MetricsLinger: 2 * time.Second,
 	}, s)
 }
 
@@ -46,10 +48,10 @@ func TestFromEnvReportsEveryProblem(t *testing.T) {
 	_, err := FromEnv(env(map[string]string{
 		EnvDrainDelay: "-1s", EnvDrainTimeout: "0s", EnvLogLevel: "loud",
 		EnvMaxInFlight: "0", EnvMaxBodyBytes: "lots", EnvAllowedModels: " , ", EnvMaxOutputTokens: "-3",
-		EnvWriteTimeout: "0s",
+		EnvWriteTimeout: "0s", EnvMetricsLinger: "-1s",
 	}))
 	require.Error(t, err)
-	for _, want := range []string{"DRAIN_DELAY", "DRAIN_TIMEOUT", "LOG_LEVEL", "MAX_IN_FLIGHT", "MAX_BODY_BYTES", "ALLOWED_MODELS", "MAX_OUTPUT_TOKENS", "WRITE_TIMEOUT"} {
+	for _, want := range []string{"DRAIN_DELAY", "DRAIN_TIMEOUT", "LOG_LEVEL", "MAX_IN_FLIGHT", "MAX_BODY_BYTES", "ALLOWED_MODELS", "MAX_OUTPUT_TOKENS", "WRITE_TIMEOUT", "METRICS_LINGER"} {
 		assert.Contains(t, err.Error(), want)
 	}
 	_, err = FromEnv(env(map[string]string{EnvDrainTimeout: "60"}))
@@ -57,6 +59,6 @@ func TestFromEnvReportsEveryProblem(t *testing.T) {
 }
 
 func TestShutdownBudget(t *testing.T) {
-	s := Settings{DrainDelay: 2 * time.Second, DrainTimeout: 60 * time.Second}
-	assert.Equal(t, 5*time.Second+2*time.Second+60*time.Second+ExitGrace, s.ShutdownBudget(5*time.Second))
+	s := Settings{DrainDelay: 2 * time.Second, DrainTimeout: 60 * time.Second, MetricsLinger: 3 * time.Second}
+	assert.Equal(t, 5*time.Second+2*time.Second+60*time.Second+3*time.Second+ExitGrace, s.ShutdownBudget(5*time.Second))
 }

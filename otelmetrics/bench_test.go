@@ -1,0 +1,71 @@
+package otelmetrics_test
+
+import (
+	"context"
+	"testing"
+
+	openai "github.com/sashabaranov/go-openai"
+	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
+
+	"github.com/llmdrain/llmdrain"
+	"github.com/llmdrain/llmdrain/llmtest"
+	"github.com/llmdrain/llmdrain/otelmetrics"
+)
+
+// BenchmarkCall compares a plain call against llmtest with no Hooks and
+// with the metrics recorded into an SDK MeterProvider: run both in one
+// go test -bench and compare their ns/op and allocs/op.
+func BenchmarkCall(b *testing.B) {
+	srv := llmtest.NewServer()
+	defer srv.Close()
+	reader := sdkmetric.NewManualReader()
+	mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader))
+	defer mp.Shutdown(context.Background())
+	hooks, err := otelmetrics.New(mp)
+	if err != nil {
+		b.Fatal(err)
+	}
+	req := openai.ChatCompletionRequest{Messages: []openai.ChatCompletionMessage{{Role: openai.ChatMessageRoleUser, Content: "hello"}}}
+	for _, bc := range []struct {
+		name  string
+		hooks *llmdrain.Hooks
+	}{{"hooks=nil", nil}, {"otelmetrics", hooks}} {
+		b.Run(bc.name, func(b *testing.B) {
+			c, err := llmdrain.New(llmdrain.Config{APIKey: "sk-bench", BaseURL: srv.URL, Hooks: bc.hooks})
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer c.Shutdown(context.Background())
+			ctx := context.Background()
+			b.ReportAllocs()
+			for b.Loop() {
+				if _, err := c.CreateChatCompletion(ctx, req); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
+
+// BenchmarkRecord is the metrics' own cost per call: the hooks of a plain
+// call with usage and one healthy attempt, without the call.
+func BenchmarkRecord(b *testing.B) {
+	mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(sdkmetric.NewManualReader()))
+	defer mp.Shutdown(context.Background())
+	h, err := otelmetrics.New(mp)
+	if err != nil {
+		b.Fatal(err)
+	}
+	start := llmdrain.CallStartInfo{Operation: llmdrain.OpChat, Model: "gpt-4o", Target: "https://api.example.com/v1"}
+	done := llmdrain.CallDoneInfo{CallStartInfo: start, ResponseModel: "gpt-4o-2024-08-06", Target: start.Target,
+		Attempts: 1, Usage: llmdrain.Usage{InputTokens: 12, OutputTokens: 340, Known: true}}
+	attempt := llmdrain.AttemptInfo{Target: start.Target, Attempt: 1, Status: 200, Outcome: "healthy"}
+	b.ReportAllocs()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			h.CallStart(start)
+			h.AttemptDone(attempt)
+			h.CallDone(done)
+		}
+	})
+}
