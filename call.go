@@ -57,7 +57,7 @@ type call struct {
 	agen         uint64 // the current attempt's number, so a late timer ends no later attempt
 	attemptTimer watchdog.Timer
 	firstMu      sync.Mutex // the request body is read on net/http's goroutine
-	firstTimer   watchdog.Timer
+	firstTimer   *firstTimer
 	wd           *watchdog.Watchdog
 
 	// tracked is the body handed over with the response, allocated with
@@ -398,7 +398,7 @@ func (c *call) attemptContext() context.Context {
 	}
 	if t.firstTokenTimeout > 0 {
 		c.firstMu.Lock()
-		c.firstTimer = t.clock.AfterFunc(t.firstTokenTimeout, func() { c.cancelAttemptGen(gen, errFirstTokenTimeout) })
+		c.firstTimer = t.startFirstTimer(c, gen)
 		c.firstMu.Unlock()
 		if c.body != nil && (c.req.ContentLength < 0 || c.req.ContentLength > sentAtOnce) {
 			// Counted from the request's last byte: a slow upload is
@@ -422,9 +422,51 @@ func (c *call) stopFirstTimer() bool {
 	if c.firstTimer == nil {
 		return true
 	}
-	stopped := c.firstTimer.Stop()
+	ft := c.firstTimer
 	c.firstTimer = nil
+	stopped := ft.t.Stop()
+	if stopped {
+		// Stopped before it fired: its func will not run, and the timer
+		// can serve another attempt.
+		ft.c.Store(nil)
+		c.t.firstTimers.Put(ft)
+	}
 	return stopped
+}
+
+// firstTimer is the timer of an attempt's wait for the first sign of an
+// answer. Every attempt has one by default (Config.FirstTokenTimeout),
+// and nearly every one is stopped in time, so the transport keeps those
+// for later attempts (transport.firstTimers): a timer and its func made
+// anew would cost each attempt two allocations. Its func reads the
+// attempt it ends from c and gen, set before the timer is (re)started.
+type firstTimer struct {
+	t   watchdog.Timer
+	c   atomic.Pointer[call] // nil while kept for later
+	gen atomic.Uint64
+}
+
+func (ft *firstTimer) fire() {
+	if c := ft.c.Load(); c != nil {
+		c.cancelAttemptGen(ft.gen.Load(), errFirstTokenTimeout)
+	}
+}
+
+// startFirstTimer starts the first-token timer of attempt gen of c: a
+// kept one if there is one, else a new one.
+func (t *transport) startFirstTimer(c *call, gen uint64) *firstTimer {
+	ft, _ := t.firstTimers.Get().(*firstTimer)
+	if ft != nil {
+		ft.c.Store(c)
+		ft.gen.Store(gen)
+		ft.t.Reset(t.firstTokenTimeout)
+		return ft
+	}
+	ft = &firstTimer{}
+	ft.c.Store(c)
+	ft.gen.Store(gen)
+	ft.t = t.clock.AfterFunc(t.firstTokenTimeout, ft.fire)
+	return ft
 }
 
 // cancelAttempt ends the current attempt, if any, with cause: a timer's,
@@ -477,8 +519,8 @@ type progressBody struct {
 
 func (b *progressBody) Read(p []byte) (int, error) {
 	b.c.firstMu.Lock()
-	if t := b.c.firstTimer; t != nil {
-		t.Reset(b.c.t.firstTokenTimeout)
+	if ft := b.c.firstTimer; ft != nil {
+		ft.t.Reset(b.c.t.firstTokenTimeout)
 	}
 	b.c.firstMu.Unlock()
 	return b.ReadCloser.Read(p)
@@ -557,16 +599,6 @@ func (e *timeoutError) Unwrap() []error {
 // tg, with tg's key and model.
 func (c *call) prepare(ctx context.Context, tg *target) *http.Request {
 	areq := c.req.WithContext(ctx)
-	// A new map, sharing the value slices: only the key's header is set,
-	// by replacing its slice, and nothing below writes into a header's
-	// values. Credentials are the call's alone to set, per target: any that
-	// came with the request (go-openai's empty api-key for Azure) stay out.
-	areq.Header = make(http.Header, len(c.req.Header)+1)
-	for k, v := range c.req.Header {
-		if k != "Authorization" && k != "Api-Key" {
-			areq.Header[k] = v
-		}
-	}
 	if c.body != nil {
 		areq.Body = c.body
 	}
@@ -576,8 +608,14 @@ func (c *call) prepare(ctx context.Context, tg *target) *http.Request {
 	}
 	c.key = ""
 	if kt := c.t.router.auth(areq.URL, tg); kt != nil && kt.bearer != "" {
-		areq.Header[kt.authHeader] = kt.authz
+		// The request's headers and kt's key, in a map of their own (see
+		// target.headers).
+		areq.Header = kt.headers(c.req.Header, c.t.shareHeaders)
 		c.key = kt.key
+	} else {
+		// A new map all the same, as the request itself must not be
+		// modified, without credentials (see withoutCredentials).
+		areq.Header = withoutCredentials(c.req.Header, 0)
 	}
 	if tg.model != "" {
 		c.withModel(areq, tg.model)
@@ -630,9 +668,10 @@ func (c *call) handOver(resp *http.Response) *http.Response {
 	others := t.router.otherKeys(c.key)
 	body := resp.Body
 	ok := resp.StatusCode/100 == 2
+	sse := isSSE(resp)
 	if c.obs != nil {
 		c.obs.status = resp.StatusCode
-		if ok && (c.stream || isSSE(resp)) {
+		if ok && (c.stream || sse) {
 			body = &usageBody{rc: body, o: c.obs, strip: c.obs.injected}
 		}
 	}
@@ -649,7 +688,7 @@ func (c *call) handOver(resp *http.Response) *http.Response {
 		// http.ErrUseLastResponse). go-openai would read the latter as a
 		// stream, its page as no events, and end with a clean io.EOF.
 		body = &notStreamBody{rc: body, status: resp.Status}
-	case ok && t.apiError != nil && !isSSE(resp) && (c.stream || c.jsonCall):
+	case ok && t.apiError != nil && !sse && (c.stream || c.jsonCall):
 		apiError := t.apiError
 		if len(others) > 0 {
 			apiError = func(resp *http.Response, b []byte) error {
@@ -662,7 +701,7 @@ func (c *call) handOver(resp *http.Response) *http.Response {
 		tb.env = envelopeBody{rc: body, resp: resp, key: c.key, apiError: apiError}
 		body = &tb.env
 	}
-	if ok && (c.stream || isSSE(resp)) {
+	if ok && (c.stream || sse) {
 		// go-openai reads a stream by lines, and makes an error of some:
 		// the key must not be in them.
 		if c.key != "" {
@@ -678,7 +717,7 @@ func (c *call) handOver(resp *http.Response) *http.Response {
 	// "stream": true or sent a JSON body must not pass for a complete,
 	// empty stream.
 	// A successful stream is watched: its events kick the idle watchdog.
-	if ok && (isSSE(resp) || c.stream) {
+	if ok && (sse || c.stream) {
 		tb.sse = &sseWatcher{mustEnd: endsWithDone(c.req.URL.Path), wd: c.wd}
 	}
 	resp.Body = tb

@@ -129,7 +129,9 @@ func New(cfg Config) (*Client, error) {
 		}
 		tg.gate = g
 	}
-	tr.base = newKeyGuard(baseTransport(r.HTTPClient), origins, keys)
+	base := baseTransport(r.HTTPClient)
+	_, tr.shareHeaders = base.(*http.Transport)
+	tr.base = newKeyGuard(base, origins, keys)
 	if r.MaxConcurrent > 0 {
 		tr.sem = semaphore.NewWeighted(int64(r.MaxConcurrent))
 	}

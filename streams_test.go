@@ -21,7 +21,9 @@ import (
 func TestFirstTokenTimeoutRetriesStream(t *testing.T) {
 	srv := newServer(t)
 	srv.Script(llmtest.FirstTokenDelay(5 * time.Second))
-	c := newTestClient(t, srv, Config{FirstTokenTimeout: 50 * time.Millisecond})
+	// Long enough for the second attempt's answer to come within it on a
+	// loaded machine, short against the first one's 5 s delay.
+	c := newTestClient(t, srv, Config{FirstTokenTimeout: 500 * time.Millisecond})
 	start := time.Now()
 	s, err := c.CreateChatCompletionStream(callCtx(t), userMsg("think first"))
 	require.NoError(t, err)
@@ -372,7 +374,10 @@ func TestSlowUploadIsNotSilence(t *testing.T) {
 		w.Header().Set("Content-Type", "application/json")
 		_, _ = io.WriteString(w, okBody)
 	})
-	c := scriptedClient(t, srv, Config{FirstTokenTimeout: 150 * time.Millisecond, MaxRetries: -1})
+	// The answer must come within the timeout once the upload is done,
+	// even on a loaded machine; the upload takes over twice as long.
+	const timeout = 500 * time.Millisecond
+	c := scriptedClient(t, srv, Config{FirstTokenTimeout: timeout, MaxRetries: -1})
 	body := []byte(`{"model":"m","messages":[{"role":"user","content":"` + strings.Repeat("a", sentAtOnce) + `"}]}`)
 	req, err := http.NewRequestWithContext(callCtx(t), http.MethodPost, srv.URL+"/v1/chat/completions", nil)
 	require.NoError(t, err)
@@ -388,5 +393,35 @@ func TestSlowUploadIsNotSilence(t *testing.T) {
 	defer resp.Body.Close()
 	assert.Equal(t, http.StatusOK, resp.StatusCode)
 	assert.Equal(t, int32(1), n.Load())
-	assert.Greater(t, time.Since(start), 150*time.Millisecond, "the upload outlasted the first-token timeout")
+	assert.Greater(t, time.Since(start), timeout, "the upload outlasted the first-token timeout")
+}
+
+// Item: first-token timers stopped in time are kept for later attempts
+// (firstTimer); one kept from an answered call bounds the next call's
+// wait, from that call's start, and never ends a later attempt.
+func TestFirstTokenTimerKept(t *testing.T) {
+	srv := newServer(t)
+	// Long enough that an answer on a loaded machine comes well within it.
+	const timeout = time.Second
+	c := newTestClient(t, srv, Config{FirstTokenTimeout: timeout, MaxRetries: 1})
+	for i := range 3 {
+		_, err := c.CreateChatCompletion(callCtx(t), userMsg("answered"))
+		require.NoError(t, err, "round %d", i)
+
+		srv.Script(llmtest.Hang())
+		start := time.Now()
+		_, err = c.CreateChatCompletion(callCtx(t), userMsg("anyone?"))
+		took := time.Since(start)
+		require.ErrorIs(t, err, errSilent, "round %d", i)
+		assert.GreaterOrEqual(t, took, timeout, "round %d: the whole wait, counted from this call", i)
+		assert.Less(t, took, 10*time.Second, "round %d", i)
+	}
+	s, err := c.CreateChatCompletionStream(callCtx(t), userMsg("a stream"))
+	require.NoError(t, err)
+	text, err := readStream(s)
+	require.NoError(t, err)
+	assert.Equal(t, llmtest.Reply("a stream"), text)
+	require.NoError(t, s.Close())
+	assert.Equal(t, 7, srv.Stats().Requests, "one attempt each: no timer ended an attempt it was not for")
+	assert.Equal(t, 0, c.Tracker().InFlight())
 }

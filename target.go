@@ -6,7 +6,9 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	"slices"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/llmdrain/llmdrain/internal/breaker"
@@ -59,6 +61,9 @@ type target struct {
 	// would cost an allocation each.
 	authHeader string
 	authz      []string
+	// headerSets are the attempt headers already made for it; see
+	// headers.
+	headerSets atomic.Pointer[[]headerSet]
 	model      string // put in its completion requests; empty: left as it is
 	long       bool   // Target.LongContext
 	// breaker takes the target out of rotation; nil (a router of one
@@ -297,6 +302,95 @@ func (r *router) otherKeys(key secret) []secret {
 		}
 	}
 	return others
+}
+
+// headerSet is the headers of a request as go-openai makes them (in),
+// and the same with a target's Authorization (out): the headers of every
+// attempt at that target whose request has exactly in.
+type headerSet struct {
+	in  []headerField // in a slice: walking it is cheaper than a map
+	out http.Header
+}
+
+// headerField is a header's name and values.
+type headerField struct {
+	key    string
+	values []string
+}
+
+// matches reports whether h has exactly the fields of s.in.
+func (s *headerSet) matches(h http.Header) bool {
+	if len(h) != len(s.in) {
+		return false
+	}
+	for _, f := range s.in { // distinct keys, as many as h's: all of them
+		if v, ok := h[f.key]; !ok || !slices.Equal(v, f.values) {
+			return false
+		}
+	}
+	return true
+}
+
+// maxHeaderSets bounds a target's header sets: go-openai makes a handful
+// of shapes (JSON, streams, uploads), and a caller's odd headers must not
+// grow the list.
+const maxHeaderSets = 8
+
+// headers returns the headers of an attempt at tg of a request with
+// headers h: h and tg's Authorization. When share is set, the map is
+// shared by every attempt with the same h, made once: a new map per
+// attempt is the largest part of what an attempt costs beyond go-openai's
+// own work (an allocation, and hashing each key into it). That is safe
+// only when nothing writes into the headers of a request it is given, as
+// the http.RoundTripper contract asks, and as net/http's Transport keeps
+// to; a RoundTripper of the caller's may not, so for any other base
+// transport share is false and each attempt gets its own map. The values'
+// slices are shared either way: nothing writes into them.
+func (tg *target) headers(h http.Header, share bool) http.Header {
+	if share {
+		if sets := tg.headerSets.Load(); sets != nil {
+			for i := range *sets {
+				if s := &(*sets)[i]; s.matches(h) {
+					return s.out
+				}
+			}
+		}
+	}
+	if share {
+		// A copy: go-openai's map and values are its request's, and out,
+		// shared from now on, must be made of what nobody else holds.
+		h = h.Clone()
+	}
+	out := withoutCredentials(h, 1)
+	out[tg.authHeader] = tg.authz
+	if cur := tg.headerSets.Load(); share && (cur == nil || len(*cur) < maxHeaderSets) {
+		var next []headerSet
+		if cur != nil {
+			next = slices.Clone(*cur)
+		}
+		in := make([]headerField, 0, len(h))
+		for k, v := range h {
+			in = append(in, headerField{k, v})
+		}
+		next = append(next, headerSet{in: in, out: out})
+		tg.headerSets.CompareAndSwap(cur, &next) // a lost race only loses a set
+	}
+	return out
+}
+
+// withoutCredentials returns a new map of h's headers, sharing their
+// values, with room for extra more, but for the credentials:
+// Authorization and Api-Key are the call's alone to set, per target, and
+// any that came with the request (go-openai's empty api-key for Azure)
+// stay out.
+func withoutCredentials(h http.Header, extra int) http.Header {
+	out := make(http.Header, len(h)+extra)
+	for k, v := range h {
+		if k != "Authorization" && k != "Api-Key" {
+			out[k] = v
+		}
+	}
+	return out
 }
 
 // host names a target in logs.

@@ -3,6 +3,7 @@ package llmdrain
 import (
 	"context"
 	"net/http"
+	"reflect"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -597,4 +598,84 @@ func TestPanickingProbeFreesItsPlace(t *testing.T) {
 	assert.Equal(t, breaker.HalfOpen, breakerState(c, 0))
 	assert.Equal(t, "primary-model", chat(t, c, "the next probe").Model)
 	assert.Equal(t, breaker.Closed, breakerState(c, 0))
+}
+
+// TestAttemptHeadersShared: over net/http's Transport, attempts at a
+// target whose requests carry the same headers share one map with the
+// target's Authorization, made from a copy; other headers get their own.
+func TestAttemptHeadersShared(t *testing.T) {
+	tg := &target{authHeader: "Authorization", authz: []string{"Bearer " + fakeKey}}
+	json := http.Header{"Accept": {"application/json"}, "Content-Type": {"application/json"}}
+	stream := http.Header{"Accept": {"text/event-stream"}, "Cache-Control": {"no-cache"}, "Connection": {"keep-alive"}, "Content-Type": {"application/json"}}
+
+	a := tg.headers(json, true)
+	assert.Equal(t, []string{"Bearer " + fakeKey}, a["Authorization"])
+	assert.Equal(t, []string{"application/json"}, a["Accept"])
+	assert.Len(t, a, 3)
+	s := tg.headers(stream, true)
+	assert.Equal(t, []string{"text/event-stream"}, s["Accept"])
+	assert.Len(t, s, 5)
+	b := tg.headers(http.Header{"Content-Type": {"application/json"}, "Accept": {"application/json"}}, true)
+	assert.Equal(t, reflectPointer(a), reflectPointer(b), "the same headers share one map")
+
+	// Made from a copy: the request's own map and values are its own.
+	json["Accept"][0] = "changed"
+	json["X-Extra"] = []string{"1"}
+	assert.Equal(t, []string{"application/json"}, tg.headers(http.Header{"Content-Type": {"application/json"}, "Accept": {"application/json"}}, true)["Accept"])
+	assert.NotContains(t, b, "X-Extra")
+
+	// Credentials that came with the request stay out, shared or not.
+	azure := http.Header{"Accept": {"application/json"}, "Api-Key": {""}, "Authorization": {"Bearer other"}}
+	for _, share := range []bool{true, false} {
+		h := tg.headers(azure, share)
+		assert.Equal(t, []string{"Bearer " + fakeKey}, h["Authorization"])
+		assert.NotContains(t, h, "Api-Key")
+		assert.Len(t, h, 2)
+	}
+
+	// Not shared: a new map each time.
+	c := tg.headers(json, false)
+	assert.NotEqual(t, reflectPointer(c), reflectPointer(tg.headers(json, false)))
+	assert.Equal(t, []string{"Bearer " + fakeKey}, c["Authorization"])
+
+	// Bounded: odd headers do not grow the list without end.
+	for i := range 2 * maxHeaderSets {
+		tg.headers(http.Header{"X-N": {string(rune('a' + i))}}, true)
+	}
+	assert.Len(t, *tg.headerSets.Load(), maxHeaderSets)
+}
+
+// reflectPointer identifies h's map.
+func reflectPointer(h http.Header) uintptr { return reflect.ValueOf(h).Pointer() }
+
+// headerWriter is a base transport that, against the http.RoundTripper
+// contract but as many wrappers do, writes into the request's headers.
+type headerWriter struct{ next http.RoundTripper }
+
+func (w headerWriter) RoundTrip(req *http.Request) (*http.Response, error) {
+	req.Header.Set("X-Written", "1")
+	return w.next.RoundTrip(req)
+}
+
+// TestAttemptHeadersOwnOverOtherTransports: over a base transport that is
+// not net/http's, each attempt gets a map of its own, so one that writes
+// into it races with no other call (-race would see it, and concurrent map
+// writes are fatal).
+func TestAttemptHeadersOwnOverOtherTransports(t *testing.T) {
+	srv := newServer(t)
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	t.Cleanup(tr.CloseIdleConnections)
+	c := newTestClient(t, srv, Config{HTTPClient: &http.Client{Transport: headerWriter{tr}}})
+	var wg sync.WaitGroup
+	for range 16 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_, err := c.CreateChatCompletion(context.Background(), userMsg("hello"))
+			assert.NoError(t, err)
+		}()
+	}
+	wg.Wait()
+	assert.Equal(t, 16, srv.Stats().Succeeded)
+	assert.Zero(t, srv.Stats().Faults, "every call had the key")
 }

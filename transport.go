@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"maps"
 	"net/http"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -59,14 +60,21 @@ type transport struct {
 	firstTokenTimeout time.Duration
 	idleTimeout       time.Duration
 	clock             watchdog.Clock
-	logger            *slog.Logger // nil: silent
+	// firstTimers keeps first-token timers stopped in time, for later
+	// attempts; see firstTimer.
+	firstTimers sync.Pool
+	logger      *slog.Logger // nil: silent
 	// hooks are told of the calls; nil: no events, and no per-call
 	// observation. A client with a budget and no Hooks has empty ones:
 	// the budget needs what the observation reads (the request's model,
 	// the answer's usage).
 	hooks *Hooks
 	cost  *costing // the prices, and the budget of Config.MaxCost
-	model string   // Config.Model, for the hooks
+	// shareHeaders: the base transport is net/http's, which never writes
+	// into a request's headers, so attempts may share theirs; see
+	// target.headers.
+	shareHeaders bool
+	model        string // Config.Model, for the hooks
 
 	// go-openai is given no API key: the call sets the Authorization
 	// header itself, on attempts at a target's origin only (see

@@ -3,6 +3,9 @@ package otelmetrics_test
 import (
 	"context"
 	"fmt"
+	"log"
+
+	"go.opentelemetry.io/otel"
 
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
 	"go.opentelemetry.io/otel/sdk/metric/metricdata"
@@ -51,4 +54,20 @@ func ExampleNew() {
 	// Unordered output:
 	// gen_ai.client.token.usage input true
 	// gen_ai.client.token.usage output true
+}
+
+// The set-up the README shows: the hooks record into the meter provider
+// the service has registered with OpenTelemetry (its exporter decides
+// where the metrics go: Prometheus, OTLP). TestREADMEShowsExample keeps
+// the README's lines the same as these.
+func Example_globalMeterProvider() {
+	hooks, err := otelmetrics.New(otel.GetMeterProvider(), otelmetrics.WithProviderName("openai"))
+	if err != nil {
+		log.Fatal(err)
+	}
+	c, err := llmdrain.New(llmdrain.Config{Hooks: hooks}) // and the rest of your Config
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer c.Shutdown(context.Background())
 }
