@@ -6,7 +6,7 @@
 // Run it from this directory:
 //
 //	go run .          # the full run, a few minutes
-//	go run . -quick   # a smoke run for CI, under 30 seconds
+//	go run . -quick   # a smoke run for CI, under a minute (about 40 s)
 //
 // Every server it starts listens on 127.0.0.1; nothing else is contacted.
 // Progress goes to stderr, the report to stdout.
@@ -73,7 +73,7 @@ func main() {
 		return
 	}
 	testing.Init() // the tracker scenario uses testing.Benchmark
-	quick := flag.Bool("quick", false, "smoke run for CI: fewer repetitions and smaller scenarios, under 30 seconds")
+	quick := flag.Bool("quick", false, "smoke run for CI: fewer repetitions and smaller scenarios, under a minute")
 	reps := flag.Int("reps", 0, "repetitions of each timed A/B comparison (0: 7, or 3 with -quick)")
 	base := flag.String("base", "", "a checkout of llmdrain (such as a git worktree of main) to run as \"llmdrain (before)\" in the ratelimit scenario; empty: left out")
 	only := flag.String("only", "", "comma-separated scenarios to run ("+names()+"); empty means all")
