@@ -64,11 +64,12 @@ func record(t *testing.T, maxCached, models int) (metricdata.ResourceMetrics, *r
 	return rm, r
 }
 
-// entries counts what a cache really holds.
+// entries counts what a cache holds.
 func entries[K comparable, V any](c *cache[K, V]) int {
-	n := 0
-	c.m.Range(func(any, any) bool { n++; return true })
-	return n
+	if m := c.m.Load(); m != nil {
+		return len(*m)
+	}
+	return 0
 }
 
 // The sets kept are the sets each measurement would build: the same data
@@ -107,8 +108,6 @@ func TestCachedSetsBounded(t *testing.T) {
 	wg.Wait()
 	assert.Equal(t, max, entries(&r.calls))
 	assert.Equal(t, max, entries(&r.other))
-	assert.EqualValues(t, max, r.calls.n.Load())
-	assert.EqualValues(t, max, r.other.n.Load())
 
 	// A combination kept is found again: the same options, not a copy.
 	k := callKey{operation: string(llmdrain.OpChat), requestModel: "kept", startTarget: "https://a.example.com/v1", target: "https://a.example.com/v1"}

@@ -198,37 +198,46 @@ type recorder struct {
 }
 
 // cache maps attribute combinations to their ready-made sets, up to max
-// entries. Reads, nearly all of its use, take no lock and write no shared
-// memory, which a mutex's reader count would on every call.
+// entries. A read, nearly all of its use, is one lookup in an immutable
+// map: no lock, no write to memory shared by the goroutines recording (a
+// mutex's reader count would be one on every call). A store copies the
+// map; there are at most max of them.
 type cache[K comparable, V any] struct {
-	m   sync.Map
-	n   atomic.Int64
-	max int64
+	m   atomic.Pointer[map[K]V]
+	mu  sync.Mutex // serialises stores
+	max int
 }
 
 func (c *cache[K, V]) load(k K) (V, bool) {
-	v, ok := c.m.Load(k)
-	if !ok {
-		var zero V
-		return zero, false
+	if m := c.m.Load(); m != nil {
+		v, ok := (*m)[k]
+		return v, ok
 	}
-	return v.(V), true
+	var zero V
+	return zero, false
 }
 
 // store keeps v for k unless the cache is full, and returns the value kept
 // for k: v, or the one another goroutine stored first.
 func (c *cache[K, V]) store(k K, v V) V {
-	if c.n.Load() >= c.max {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var old map[K]V
+	if m := c.m.Load(); m != nil {
+		old = *m
+	}
+	if prev, ok := old[k]; ok {
+		return prev
+	}
+	if len(old) >= c.max {
 		return v
 	}
-	if c.n.Add(1) > c.max {
-		c.n.Add(-1)
-		return v
+	m := make(map[K]V, len(old)+1)
+	for ok, ov := range old {
+		m[ok] = ov
 	}
-	if prev, loaded := c.m.LoadOrStore(k, v); loaded {
-		c.n.Add(-1)
-		return prev.(V)
-	}
+	m[k] = v
+	c.m.Store(&m)
 	return v
 }
 
@@ -237,7 +246,7 @@ func newRecorder(m metric.Meter, o options, maxCached int) (*recorder, error) {
 		provider: providerNameKey.String(o.provider),
 		noAttrs:  newAttrs(),
 	}
-	r.calls.max, r.other.max = int64(maxCached), int64(maxCached)
+	r.calls.max, r.other.max = maxCached, maxCached
 	var errs []error
 	check := func(err error) {
 		errs = append(errs, err)
