@@ -1,10 +1,9 @@
 package otelmetrics_test
 
 import (
-	"os"
-	"regexp"
-	"strings"
 	"testing"
+
+	"github.com/llmdrain/llmdrain/internal/readmetest"
 )
 
 // TestREADMEShowsExample: the README's metrics set-up is
@@ -13,25 +12,5 @@ import (
 // OpenTelemetry, so this one is fenced as "golang", which GitHub
 // highlights the same.
 func TestREADMEShowsExample(t *testing.T) {
-	readme, err := os.ReadFile("../README.md")
-	if err != nil {
-		t.Fatal(err)
-	}
-	example, err := os.ReadFile("example_test.go")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ws := regexp.MustCompile(`\s+`)
-	norm := func(s string) string { return ws.ReplaceAllString(strings.TrimSpace(s), " ") }
-	const start = "func Example_globalMeterProvider() {"
-	body := string(example)
-	i := strings.Index(body, start)
-	if i < 0 {
-		t.Fatal("example_test.go has no Example_globalMeterProvider")
-	}
-	body = body[i+len(start):]
-	body = body[:strings.Index(body, "\tdefer")]
-	if !strings.Contains(norm(string(readme)), "```golang "+norm(body)+" ```") {
-		t.Errorf("README.md does not show Example_globalMeterProvider's set-up in a golang block:\n%s", body)
-	}
+	readmetest.ShowsExample(t, "../README.md", "example_test.go", "Example_globalMeterProvider")
 }
