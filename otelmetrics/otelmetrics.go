@@ -49,6 +49,7 @@ import (
 	"slices"
 	"strconv"
 	"sync"
+	"sync/atomic"
 
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/attribute"
@@ -123,8 +124,26 @@ var ErrEmptyProviderName = errors.New("otelmetrics: WithProviderName: empty prov
 // New creates the instruments on a meter of mp (otel.GetMeterProvider()
 // when nil) and returns the Hooks that record them, for Config.Hooks. The
 // Hooks may be shared by several clients. Recording never blocks and
-// allocates only for an attribute combination not seen before.
+// allocates only for an attribute combination not seen before, or, once
+// MaxCachedSets combinations have been, for every one not among them.
 func New(mp metric.MeterProvider, opts ...Option) (*llmdrain.Hooks, error) {
+	r, err := newHooks(mp, MaxCachedSets, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return r.hooks(), nil
+}
+
+// MaxCachedSets bounds the attribute sets a Hooks keeps, separately for
+// calls (one per combination of operation, models, target and error type)
+// and for the rest (attempts, retries, waits, targets, drains). Each
+// measurement would otherwise build its set, sorting and hashing the
+// attributes; a combination past the bound still does, so that a model
+// name or an error type of unbounded variety cannot grow the memory
+// without bound, and is recorded all the same.
+const MaxCachedSets = 1024
+
+func newHooks(mp metric.MeterProvider, maxCached int, opts ...Option) (*recorder, error) {
 	o := options{provider: DefaultProviderName}
 	for _, opt := range opts {
 		opt(&o)
@@ -135,10 +154,10 @@ func New(mp metric.MeterProvider, opts ...Option) (*llmdrain.Hooks, error) {
 	if mp == nil {
 		mp = otel.GetMeterProvider()
 	}
-	r, err := newRecorder(mp.Meter(ScopeName), o)
-	if err != nil {
-		return nil, err
-	}
+	return newRecorder(mp.Meter(ScopeName), o, maxCached)
+}
+
+func (r *recorder) hooks() *llmdrain.Hooks {
 	return &llmdrain.Hooks{
 		CallStart:    r.callStart,
 		CallDone:     r.callDone,
@@ -146,11 +165,14 @@ func New(mp metric.MeterProvider, opts ...Option) (*llmdrain.Hooks, error) {
 		Waited:       r.waited,
 		TargetChange: r.targetChange,
 		DrainDone:    r.drainDone,
-	}, nil
+	}
 }
 
-// recorder holds the instruments and a cache of attribute sets, so that a
-// call records with no allocation once its combination has been seen.
+// recorder holds the instruments and caches of attribute sets, so that a
+// call records with no allocation once its combination has been seen. The
+// OpenTelemetry SDK still walks a set's attributes at each measurement
+// (to normalise map values): that, not the cache, is most of what
+// recording costs.
 type recorder struct {
 	provider attribute.KeyValue
 
@@ -171,18 +193,60 @@ type recorder struct {
 
 	noAttrs *attrs
 
-	mu    sync.RWMutex
-	calls map[callKey]*callAttrs
-	other map[otherKey]*attrs
+	calls cache[callKey, *callAttrs]
+	other cache[otherKey, *attrs]
 }
 
-func newRecorder(m metric.Meter, o options) (*recorder, error) {
+// cache maps attribute combinations to their ready-made sets, up to max
+// entries. A read, nearly all of its use, is one lookup in an immutable
+// map: no lock, no write to memory shared by the goroutines recording (a
+// mutex's reader count would be one on every call). A store copies the
+// map; there are at most max of them.
+type cache[K comparable, V any] struct {
+	m   atomic.Pointer[map[K]V]
+	mu  sync.Mutex // serialises stores
+	max int
+}
+
+func (c *cache[K, V]) load(k K) (V, bool) {
+	if m := c.m.Load(); m != nil {
+		v, ok := (*m)[k]
+		return v, ok
+	}
+	var zero V
+	return zero, false
+}
+
+// store keeps v for k unless the cache is full, and returns the value kept
+// for k: v, or the one another goroutine stored first.
+func (c *cache[K, V]) store(k K, v V) V {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var old map[K]V
+	if m := c.m.Load(); m != nil {
+		old = *m
+	}
+	if prev, ok := old[k]; ok {
+		return prev
+	}
+	if len(old) >= c.max {
+		return v
+	}
+	m := make(map[K]V, len(old)+1)
+	for ok, ov := range old {
+		m[ok] = ov
+	}
+	m[k] = v
+	c.m.Store(&m)
+	return v
+}
+
+func newRecorder(m metric.Meter, o options, maxCached int) (*recorder, error) {
 	r := &recorder{
 		provider: providerNameKey.String(o.provider),
-		calls:    map[callKey]*callAttrs{},
-		other:    map[otherKey]*attrs{},
 		noAttrs:  newAttrs(),
 	}
+	r.calls.max, r.other.max = maxCached, maxCached
 	var errs []error
 	check := func(err error) {
 		errs = append(errs, err)
@@ -255,9 +319,11 @@ func with(kvs []attribute.KeyValue, more ...attribute.KeyValue) []attribute.KeyV
 	return append(slices.Clip(kvs), more...)
 }
 
-// callKey is what a call's attributes are made of.
+// callKey is what a call's attributes are made of: startTarget is the
+// target at its start, for the in-flight count, target the one that
+// answered, for the rest.
 type callKey struct {
-	operation, requestModel, responseModel, target, errorType string
+	operation, requestModel, responseModel, startTarget, target, errorType string
 }
 
 // callAttrs are the attribute sets of calls sharing a callKey: the
@@ -269,18 +335,15 @@ type callAttrs struct {
 }
 
 func (r *recorder) callAttrs(k callKey) *callAttrs {
-	r.mu.RLock()
-	a := r.calls[k]
-	r.mu.RUnlock()
-	if a != nil {
+	if a, ok := r.calls.load(k); ok {
 		return a
 	}
 	start := []attribute.KeyValue{operationNameKey.String(k.operation), r.provider}
 	if k.requestModel != "" {
 		start = append(start, requestModelKey.String(k.requestModel))
 	}
-	start = append(start, server(k.target)...)
-	done := start
+	done := with(start, server(k.target)...)
+	start = append(start, server(k.startTarget)...)
 	if k.responseModel != "" {
 		done = with(done, responseModelKey.String(k.responseModel))
 	}
@@ -288,21 +351,14 @@ func (r *recorder) callAttrs(k callKey) *callAttrs {
 	if k.errorType != "" {
 		errorType = with(done, errorTypeKey.String(k.errorType))
 	}
-	a = &callAttrs{
+	a := &callAttrs{
 		start:    newAttrs(start...),
 		duration: newAttrs(errorType...),
 		input:    newAttrs(with(done, tokenTypeKey.String("input"))...),
 		output:   newAttrs(with(done, tokenTypeKey.String("output"))...),
 		cost:     newAttrs(done...),
 	}
-	r.mu.Lock()
-	if prev := r.calls[k]; prev != nil {
-		a = prev
-	} else {
-		r.calls[k] = a
-	}
-	r.mu.Unlock()
-	return a
+	return r.calls.store(k, a)
 }
 
 // otherKey is what the attributes of attempts, waits and targets are made
@@ -323,10 +379,7 @@ const (
 )
 
 func (r *recorder) otherAttrs(k otherKey) *attrs {
-	r.mu.RLock()
-	a := r.other[k]
-	r.mu.RUnlock()
-	if a != nil {
+	if a, ok := r.other.load(k); ok {
 		return a
 	}
 	kvs := server(k.target)
@@ -345,15 +398,7 @@ func (r *recorder) otherAttrs(k otherKey) *attrs {
 	case kindDrain:
 		kvs = append(kvs, DrainForcedKey.Bool(k.a == "true"))
 	}
-	a = newAttrs(kvs...)
-	r.mu.Lock()
-	if prev := r.other[k]; prev != nil {
-		a = prev
-	} else {
-		r.other[k] = a
-	}
-	r.mu.Unlock()
-	return a
+	return r.other.store(k, newAttrs(kvs...))
 }
 
 // server is server.address and server.port of a target's base URL; none
@@ -381,21 +426,20 @@ func server(target string) []attribute.KeyValue {
 var bg = context.Background()
 
 func (r *recorder) callStart(i llmdrain.CallStartInfo) {
-	a := r.callAttrs(callKey{operation: i.Operation, requestModel: i.Model, target: i.Target})
+	a := r.callAttrs(callKey{operation: i.Operation, requestModel: i.Model, startTarget: i.Target, target: i.Target})
 	r.inFlight.Add(bg, 1, a.start.add...)
 }
 
 func (r *recorder) callDone(i llmdrain.CallDoneInfo) {
-	// Undo the start's +1 with the start's attributes.
 	start := i.CallStartInfo
-	r.inFlight.Add(bg, -1, r.callAttrs(callKey{operation: start.Operation, requestModel: start.Model, target: start.Target}).start.add...)
-
 	target := i.Target
 	if target == "" {
 		target = start.Target
 	}
 	a := r.callAttrs(callKey{operation: start.Operation, requestModel: start.Model, responseModel: i.ResponseModel,
-		target: target, errorType: i.ErrorType})
+		startTarget: start.Target, target: target, errorType: i.ErrorType})
+	// Undo the start's +1 with the start's attributes.
+	r.inFlight.Add(bg, -1, a.start.add...)
 	r.duration.Record(bg, i.Duration.Seconds(), a.duration.record...)
 	if i.Stream && i.TimeToFirstChunk > 0 {
 		r.firstChunk.Record(bg, i.TimeToFirstChunk.Seconds(), a.duration.record...)
