@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/cenkalti/backoff/v4"
@@ -334,4 +335,42 @@ func ExampleHooks() {
 	// attempt 2: 200 healthy retry=false reason=""
 	// chat gpt-4o: error="" attempts=2 tokens in=2 out=4
 	// You said: Hello, hooks! <nil>
+}
+
+// A provider that meters its key and says so in x-ratelimit-* headers:
+// the client reads them and holds its calls until the quota has room,
+// instead of sending them to be answered 429.
+func ExampleLocalQuota() {
+	srv := llmtest.NewServer(llmtest.WithRateLimit(llmtest.RateLimit{
+		RequestsPerMinute: 5, Period: 300 * time.Millisecond, // 5 requests per 300 ms
+		Headers: true, Hints: true,
+	}))
+	defer srv.Close()
+
+	var paced atomic.Bool
+	c, err := llmdrain.New(llmdrain.Config{
+		APIKey:  "sk-example",
+		BaseURL: srv.URL,
+		Quota:   &llmdrain.LocalQuota{}, // the default; redisquota shares one across replicas
+		Hooks: &llmdrain.Hooks{Waited: func(w llmdrain.WaitInfo) {
+			if w.Reason == llmdrain.WaitPacing {
+				paced.Store(true)
+			}
+		}},
+	})
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	defer c.Shutdown(context.Background())
+	answered := 0
+	for i := range 12 {
+		if _, err := c.Chat(context.Background(), fmt.Sprint("question ", i)); err != nil {
+			fmt.Println(err)
+			return
+		}
+		answered++
+	}
+	fmt.Println(answered, "answered; held for the quota:", paced.Load())
+	// Output: 12 answered; held for the quota: true
 }
