@@ -56,15 +56,7 @@ func BenchmarkCreateChatCompletion(b *testing.B) {
 	// The same with every hook set, doing nothing: what observing costs
 	// before a metrics library adds its own.
 	hkTr := benchTransport()
-	hk, err := llmdrain.New(llmdrain.Config{APIKey: benchKey, BaseURL: srv.URL, HTTPClient: &http.Client{Transport: hkTr}, Hooks: &llmdrain.Hooks{
-		CallStart:    func(llmdrain.CallStartInfo) {},
-		CallDone:     func(llmdrain.CallDoneInfo) {},
-		AttemptDone:  func(llmdrain.AttemptInfo) {},
-		Waited:       func(llmdrain.WaitInfo) {},
-		TargetChange: func(llmdrain.TargetChangeInfo) {},
-		DrainStart:   func(llmdrain.DrainStartInfo) {},
-		DrainDone:    func(llmdrain.DrainDoneInfo) {},
-	}})
+	hk, err := llmdrain.New(llmdrain.Config{APIKey: benchKey, BaseURL: srv.URL, HTTPClient: &http.Client{Transport: hkTr}, Hooks: noopHooks()})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -110,5 +102,19 @@ func BenchmarkCreateChatCompletion(b *testing.B) {
 				})
 			})
 		}
+	}
+}
+
+// noopHooks sets every hook to a function that does nothing: what
+// observing costs before a metrics library adds its own.
+func noopHooks() *llmdrain.Hooks {
+	return &llmdrain.Hooks{
+		CallStart:    func(llmdrain.CallStartInfo) {},
+		CallDone:     func(llmdrain.CallDoneInfo) {},
+		AttemptDone:  func(llmdrain.AttemptInfo) {},
+		Waited:       func(llmdrain.WaitInfo) {},
+		TargetChange: func(llmdrain.TargetChangeInfo) {},
+		DrainStart:   func(llmdrain.DrainStartInfo) {},
+		DrainDone:    func(llmdrain.DrainDoneInfo) {},
 	}
 }

@@ -67,15 +67,7 @@ func BenchmarkClientOverhead(b *testing.B) {
 		b.Fatal(err)
 	}
 	defer ld.Shutdown(context.Background())
-	hk, err := llmdrain.New(llmdrain.Config{APIKey: benchKey, BaseURL: cfg.BaseURL, HTTPClient: &http.Client{Transport: cannedHTTP()}, Hooks: &llmdrain.Hooks{
-		CallStart:    func(llmdrain.CallStartInfo) {},
-		CallDone:     func(llmdrain.CallDoneInfo) {},
-		AttemptDone:  func(llmdrain.AttemptInfo) {},
-		Waited:       func(llmdrain.WaitInfo) {},
-		TargetChange: func(llmdrain.TargetChangeInfo) {},
-		DrainStart:   func(llmdrain.DrainStartInfo) {},
-		DrainDone:    func(llmdrain.DrainDoneInfo) {},
-	}})
+	hk, err := llmdrain.New(llmdrain.Config{APIKey: benchKey, BaseURL: cfg.BaseURL, HTTPClient: &http.Client{Transport: cannedHTTP()}, Hooks: noopHooks()})
 	if err != nil {
 		b.Fatal(err)
 	}
