@@ -315,10 +315,14 @@ func (c *call) attempt(tg *target) (*http.Response, error) {
 			if err = c.answered(false); err == nil && ok && c.jsonCall {
 				where = readingBody
 				if err = readWhole(resp, &c.whole); err == nil {
-					tg.gate.used(c.ctx, &c.draw, int(c.req.ContentLength), c.whole.b)
+					// The usage is read once, for the hooks and the pacing.
+					var u Usage
 					if c.obs != nil {
-						c.obs.readAnswer(c.whole.b)
+						u, _ = c.obs.readAnswer(c.whole.b)
+					} else if tg.gate != nil {
+						u, _ = answerUsage(c.whole.b)
 					}
+					tg.gate.used(c.ctx, &c.draw, int(c.req.ContentLength), u)
 				}
 			}
 		}

@@ -313,21 +313,34 @@ func (u *usageJSON) usage() Usage {
 // looks for the two keys: a key quoted in a string of the answer is
 // escaped, \"model\", and is skipped. The common shapes are read without
 // a decoder, which would cost some twenty allocations a call.
-func (o *callObs) readAnswer(body []byte) {
+// It returns the usage, as answerUsage.
+func (o *callObs) readAnswer(body []byte) (Usage, bool) {
 	if m, ok := plainString(body, `"model":`); ok {
 		o.respModel = o.intern(m)
 	} else if m, ok := modelOf(body); ok {
 		o.respModel = m
 	}
-	// The usage comes last in OpenAI's answers: looked for from the end.
-	if u, ok := quickUsage(body); ok {
+	u, ok := answerUsage(body)
+	if ok {
 		o.usage = u
-	} else if v := jsonValue(body, `"usage":`, true); len(v) > 0 && v[0] == '{' {
+	}
+	return u, ok
+}
+
+// answerUsage reads the usage of a JSON answer read whole, false if it
+// has none. The usage comes last in OpenAI's answers: looked for from the
+// end, without a decoder for the common shapes.
+func answerUsage(body []byte) (Usage, bool) {
+	if u, ok := quickUsage(body); ok {
+		return u, true
+	}
+	if v := jsonValue(body, `"usage":`, true); len(v) > 0 && v[0] == '{' {
 		var u usageJSON
 		if json.Unmarshal(v, &u) == nil {
-			o.usage = u.usage()
+			return u.usage(), true
 		}
 	}
+	return Usage{}, false
 }
 
 // intern returns b as a string, the requested model's when they are the

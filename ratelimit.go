@@ -229,17 +229,13 @@ func (g *gate) learn(ctx context.Context, tk *draw, resp *http.Response) {
 	}
 }
 
-// used corrects an attempt's token estimate with the usage in its answer,
-// a JSON body read whole, for a request of promptBytes.
-func (g *gate) used(ctx context.Context, tk *draw, promptBytes int, body []byte) {
-	if g == nil {
+// used corrects an attempt's token estimate with the usage of its answer
+// (answerUsage; nothing if unknown), for a request of promptBytes.
+func (g *gate) used(ctx context.Context, tk *draw, promptBytes int, u Usage) {
+	if g == nil || !u.Known {
 		return
 	}
-	total, ok := usageField(body, `"total_tokens"`)
-	if !ok {
-		return
-	}
-	completion, _ := usageField(body, `"completion_tokens"`)
+	total, completion := u.InputTokens+u.OutputTokens, u.OutputTokens
 	if excess := g.pacer.Used(tk.pace, promptBytes, total, completion); excess != 0 && tk.lim != (Limit{}) {
 		// Given back when over-estimated; drawn, if the bucket has it,
 		// when short.
@@ -256,8 +252,9 @@ func (tk *draw) done(overloaded bool) {
 	}
 }
 
-// usageField finds the number after name in the usage object at the end
-// of a chat or completion body, without decoding the whole body twice.
+// usageField finds the number after the last occurrence of name in a
+// request body (max_completion_tokens, max_tokens), spaces before and
+// after its colon allowed.
 func usageField(body []byte, name string) (int, bool) {
 	i := bytes.LastIndex(body, []byte(name))
 	if i < 0 {
