@@ -170,10 +170,16 @@ func (p *Pacer) Observe(t Ticket, h http.Header) {
 	if p == nil || t.seq == 0 {
 		return
 	}
+	// Read before locking, and not at all for a provider that sends no
+	// headers: this runs on every answer.
+	req, tok := readTold(h, requestKeys), readTold(h, tokenKeys)
+	if !req.ok && !tok.ok {
+		return
+	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	p.req.observe(t, t.sentReq, h, "requests")
-	p.tok.observe(t, t.sentT, h, "tokens")
+	p.req.observe(t, t.sentReq, req)
+	p.tok.observe(t, t.sentT, tok)
 }
 
 // Used corrects t's estimate with the usage its answer reported: total
@@ -256,18 +262,59 @@ func (a *axis) wait(now time.Time, need float64) time.Duration {
 	return time.Duration(math.Ceil((need - held) / rate * float64(time.Second)))
 }
 
-// observe takes the axis's headers of t's answer, if newer than the
-// anchor.
-func (a *axis) observe(t Ticket, sent int64, h http.Header, name string) {
-	limit, err := strconv.Atoi(h.Get("X-Ratelimit-Limit-" + name))
+// headerKeys are one axis's x-ratelimit-* header names, in canonical
+// form so that reading them allocates nothing.
+type headerKeys struct{ limit, remaining, reset string }
+
+var (
+	requestKeys = headerKeys{"X-Ratelimit-Limit-Requests", "X-Ratelimit-Remaining-Requests", "X-Ratelimit-Reset-Requests"}
+	tokenKeys   = headerKeys{"X-Ratelimit-Limit-Tokens", "X-Ratelimit-Remaining-Tokens", "X-Ratelimit-Reset-Tokens"}
+)
+
+// told is what one answer's headers said of one axis; ok when they gave
+// a positive limit and a remaining.
+type told struct {
+	limit     int
+	remaining float64
+	reset     time.Duration
+	resetOK   bool
+	ok        bool
+}
+
+// readTold reads one axis's headers from h. An absent header is checked
+// for before parsing, so an answer without them costs no error value.
+func readTold(h http.Header, k headerKeys) told {
+	l, r := headerValue(h, k.limit), headerValue(h, k.remaining)
+	if l == "" || r == "" {
+		return told{}
+	}
+	limit, err := strconv.Atoi(l)
 	if err != nil || limit <= 0 {
-		return
+		return told{}
 	}
-	remaining, err := strconv.ParseFloat(h.Get("X-Ratelimit-Remaining-"+name), 64)
+	remaining, err := strconv.ParseFloat(r, 64)
 	if err != nil {
+		return told{}
+	}
+	reset, ok := ParseReset(headerValue(h, k.reset))
+	return told{limit: limit, remaining: remaining, reset: reset, resetOK: ok, ok: true}
+}
+
+// headerValue is h.Get for a key already in canonical form.
+func headerValue(h http.Header, key string) string {
+	if v := h[key]; len(v) > 0 {
+		return v[0]
+	}
+	return ""
+}
+
+// observe takes what an answer to t's attempt told of the axis, if newer
+// than the anchor.
+func (a *axis) observe(t Ticket, sent int64, w told) {
+	if !w.ok {
 		return
 	}
-	reset, ok := ParseReset(h.Get("X-Ratelimit-Reset-" + name))
+	limit, remaining := w.limit, w.remaining
 	if limit != a.limit {
 		a.limit, a.period = limit, 0
 	}
@@ -277,8 +324,8 @@ func (a *axis) observe(t Ticket, sent int64, h http.Header, name string) {
 	// The period from the reset, kept unless it differs by a quarter and
 	// snapped to a round value, so that a shared quota sees one steady
 	// limit from every client.
-	if missing := float64(limit) - remaining; ok && reset > 0 && missing >= 1 {
-		period := time.Duration(float64(reset) * float64(limit) / missing)
+	if missing := float64(limit) - remaining; w.resetOK && w.reset > 0 && missing >= 1 {
+		period := time.Duration(float64(w.reset) * float64(limit) / missing)
 		if d := math.Abs(float64(period-a.period)) / float64(a.period); d > 0.25 {
 			a.period = snap(period)
 		}
