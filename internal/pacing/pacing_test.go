@@ -1,6 +1,7 @@
 package pacing
 
 import (
+	"math/rand/v2"
 	"net/http"
 	"strconv"
 	"testing"
@@ -157,5 +158,66 @@ func TestCancelGivesBack(t *testing.T) {
 	p.Cancel(a)
 	if _, w := p.Reserve(0); w != 0 {
 		t.Fatal("a cancelled draw was not given back")
+	}
+}
+
+// TestSentCountsLeaveOutTheDrawsWithinSkew checks each ticket's counts of
+// what the provider surely counted when it was sent (sentReq, sentT)
+// against a direct count over every draw: all drawn so far, less the draws
+// within skew before it (the last len(recent) at most) that were not
+// cancelled. The pacer keeps those as running sums; calls arrive in
+// bursts and lulls and some are cancelled, late or at once.
+func TestSentCountsLeaveOutTheDrawsWithinSkew(t *testing.T) {
+	c := &clock{t: time.Unix(0, 0)}
+	p := New(c.now)
+	rng := rand.New(rand.NewPCG(1, 2))
+	type draw struct {
+		tk        Ticket
+		at        time.Time
+		tok       int64
+		cancelled bool
+	}
+	var draws []draw
+	var drawnReq, drawnTok int64
+	for i := range 20000 {
+		switch r := rng.IntN(100); {
+		case r < 60: // a burst: no time passes
+		case r < 95:
+			c.t = c.t.Add(time.Duration(rng.IntN(2000)) * time.Microsecond)
+		default: // a lull: the window empties
+			c.t = c.t.Add(time.Duration(rng.IntN(60)) * time.Millisecond)
+		}
+		if len(draws) > 0 && rng.IntN(10) == 0 {
+			// Cancel a recent draw, sometimes one outside the window.
+			d := &draws[len(draws)-1-rng.IntN(min(len(draws), 100))]
+			if !d.cancelled {
+				p.Cancel(d.tk)
+				d.cancelled = true
+				drawnReq--
+				drawnTok -= d.tok
+			}
+		}
+		tokens := rng.IntN(500)
+		tk, wait := p.Reserve(tokens)
+		if wait != 0 {
+			t.Fatalf("draw %d held with no limit known", i)
+		}
+		wantReq, wantTok := drawnReq, drawnTok
+		for j := len(draws) - 1; j >= 0 && j >= len(draws)-len(p.recent); j-- {
+			d := draws[j]
+			if !d.at.After(c.t.Add(-skew)) {
+				break
+			}
+			if !d.cancelled {
+				wantReq--
+				wantTok -= d.tok
+			}
+		}
+		if tk.sentReq != wantReq+1 || tk.sentT != wantTok+int64(tokens) {
+			t.Fatalf("draw %d: sent %d requests, %d tokens; want %d, %d", i, tk.sentReq, tk.sentT, wantReq+1, wantTok+int64(tokens))
+		}
+		draws = append(draws, draw{tk: tk, at: c.t, tok: int64(tokens)})
+		drawnReq++
+		drawnTok += int64(tokens)
 	}
 }
