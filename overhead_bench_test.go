@@ -58,6 +58,29 @@ func cannedHTTP() *http.Transport {
 // disturbed by the scheduling of a server and its sockets. (On a real
 // socket, llmdrain makes no system call that bare go-openai does not.)
 func BenchmarkClientOverhead(b *testing.B) {
+	for _, c := range overheadClients(b) {
+		b.Run(c.name, func(b *testing.B) {
+			ctx := context.Background()
+			b.ReportAllocs()
+			for range b.N {
+				if _, err := c.call(ctx, overheadRequest()); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
+
+// overheadClient is one of the clients BenchmarkClientOverhead compares.
+type overheadClient struct {
+	name string
+	call func(ctx context.Context, req openai.ChatCompletionRequest) (openai.ChatCompletionResponse, error)
+}
+
+// overheadClients returns bare go-openai, llmdrain, and llmdrain with
+// every hook set (no-op), in that order, each on a cannedHTTP transport;
+// the llmdrain clients are shut down when b ends.
+func overheadClients(b *testing.B) []overheadClient {
 	cfg := openai.DefaultConfig(benchKey)
 	cfg.BaseURL = "https://api.example.com/v1"
 	cfg.HTTPClient = &http.Client{Transport: cannedHTTP()}
@@ -66,31 +89,24 @@ func BenchmarkClientOverhead(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	defer ld.Shutdown(context.Background())
+	b.Cleanup(func() { ld.Shutdown(context.Background()) })
 	hk, err := llmdrain.New(llmdrain.Config{APIKey: benchKey, BaseURL: cfg.BaseURL, HTTPClient: &http.Client{Transport: cannedHTTP()}, Hooks: noopHooks()})
 	if err != nil {
 		b.Fatal(err)
 	}
-	defer hk.Shutdown(context.Background())
-	for _, c := range []struct {
-		name string
-		call func(ctx context.Context, req openai.ChatCompletionRequest) (openai.ChatCompletionResponse, error)
-	}{
+	b.Cleanup(func() { hk.Shutdown(context.Background()) })
+	return []overheadClient{
 		{"gopenai", bare.CreateChatCompletion},
 		{"llmdrain", ld.CreateChatCompletion},
 		{"llmdrain-hooks", hk.CreateChatCompletion},
-	} {
-		b.Run(c.name, func(b *testing.B) {
-			ctx := context.Background()
-			b.ReportAllocs()
-			for range b.N {
-				if _, err := c.call(ctx, openai.ChatCompletionRequest{
-					Model:    openai.GPT4o,
-					Messages: []openai.ChatCompletionMessage{{Role: openai.ChatMessageRoleUser, Content: "hello"}},
-				}); err != nil {
-					b.Fatal(err)
-				}
-			}
-		})
+	}
+}
+
+// overheadRequest is the request every overhead benchmark sends: the
+// one-message chat completion cannedAnswer answers.
+func overheadRequest() openai.ChatCompletionRequest {
+	return openai.ChatCompletionRequest{
+		Model:    openai.GPT4o,
+		Messages: []openai.ChatCompletionMessage{{Role: openai.ChatMessageRoleUser, Content: "hello"}},
 	}
 }
