@@ -319,7 +319,7 @@ func (c *call) attempt(tg *target) (*http.Response, error) {
 					var u Usage
 					if c.obs != nil {
 						u, _ = c.obs.readAnswer(c.whole.b)
-					} else if tg.gate != nil {
+					} else if tg.gate.wantsUsage() {
 						u, _ = answerUsage(c.whole.b)
 					}
 					tg.gate.used(c.ctx, &c.draw, int(c.req.ContentLength), u)

@@ -229,10 +229,18 @@ func (g *gate) learn(ctx context.Context, tk *draw, resp *http.Response) {
 	}
 }
 
+// wantsUsage reports whether used wants the usage of answers: once the
+// target has told a limit. Before, no estimate is drawn and the usage is
+// not read.
+func (g *gate) wantsUsage() bool {
+	return g != nil && g.pacer.Known()
+}
+
 // used corrects an attempt's token estimate with the usage of its answer
-// (answerUsage; nothing if unknown), for a request of promptBytes.
+// (answerUsage; nothing if unknown), for a request of promptBytes, once
+// the target has told a limit (wantsUsage).
 func (g *gate) used(ctx context.Context, tk *draw, promptBytes int, u Usage) {
-	if g == nil || !u.Known {
+	if !u.Known || !g.wantsUsage() {
 		return
 	}
 	total, completion := u.InputTokens+u.OutputTokens, u.OutputTokens

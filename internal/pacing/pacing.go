@@ -20,6 +20,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -27,6 +28,10 @@ import (
 // concurrent use.
 type Pacer struct {
 	now func() time.Time
+
+	// known is set once the target told a limit (and not unset): read on
+	// every attempt, without the lock.
+	known atomic.Bool
 
 	mu         sync.Mutex
 	seq        uint64 // tickets issued
@@ -158,12 +163,7 @@ func (p *Pacer) leaveWindow() {
 
 // Known reports whether the target has told any limit.
 func (p *Pacer) Known() bool {
-	if p == nil {
-		return false
-	}
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.req.limit > 0 || p.tok.limit > 0
+	return p != nil && p.known.Load()
 }
 
 // Cancel gives back a draw whose attempt was not sent, or that the
@@ -200,6 +200,7 @@ func (p *Pacer) Observe(t Ticket, h http.Header) {
 	defer p.mu.Unlock()
 	p.req.observe(t, t.sentReq, req)
 	p.tok.observe(t, t.sentT, tok)
+	p.known.Store(true)
 }
 
 // Used corrects t's estimate with the usage its answer reported: total
@@ -232,7 +233,7 @@ func (p *Pacer) Used(t Ticket, promptBytes, total, completion int) int {
 // Limit returns the limits the target told and the period they refill
 // in, once it has told one.
 func (p *Pacer) Limit() (requests, tokens int, period time.Duration, ok bool) {
-	if p == nil {
+	if !p.Known() {
 		return 0, 0, 0, false
 	}
 	p.mu.Lock()
@@ -304,8 +305,12 @@ type told struct {
 // readTold reads one axis's headers from h. An absent header is checked
 // for before parsing, so an answer without them costs no error value.
 func readTold(h http.Header, k headerKeys) told {
-	l, r := headerValue(h, k.limit), headerValue(h, k.remaining)
-	if l == "" || r == "" {
+	l := headerValue(h, k.limit)
+	if l == "" {
+		return told{}
+	}
+	r := headerValue(h, k.remaining)
+	if r == "" {
 		return told{}
 	}
 	limit, err := strconv.Atoi(l)

@@ -10,6 +10,7 @@ package retrybudget
 
 import (
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -27,12 +28,17 @@ type Budget struct {
 	reserve float64 // MinPerSecond × TTL
 	now     func() time.Time
 
-	mu    sync.Mutex
-	slot  [slots]counts
-	epoch [slots]int64 // the second each slot counts; stale slots are zeroed on use
+	mu   sync.Mutex // for Retry, and a slot's turn to a new second
+	slot [slots]counts
 }
 
-type counts struct{ requests, retries int }
+// counts is one second's. Requests are counted on every call, with an
+// atomic add and no lock; retries, rare, under the Budget's lock.
+type counts struct {
+	sec      atomic.Int64 // the second counted; a slot of an older one is stale
+	requests atomic.Int64
+	retries  int64
+}
 
 // New returns a budget allowing ratio retries per request plus minPerSecond
 // retries per second, counted over TTL, on the clock now (nil:
@@ -49,9 +55,14 @@ func (b *Budget) Request() {
 	if b == nil {
 		return
 	}
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	b.current().requests++
+	sec := b.now().Unix()
+	c := b.at(sec)
+	if c.sec.Load() != sec {
+		b.mu.Lock()
+		b.turn(c, sec)
+		b.mu.Unlock()
+	}
+	c.requests.Add(1)
 }
 
 // Retry reports whether a retry is within the budget, and if so counts
@@ -60,13 +71,17 @@ func (b *Budget) Retry() bool {
 	if b == nil {
 		return true
 	}
+	sec := b.now().Unix()
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	cur := b.current()
-	var req, ret int
-	for _, c := range b.slot {
-		req += c.requests
-		ret += c.retries
+	cur := b.at(sec)
+	b.turn(cur, sec)
+	var req, ret int64
+	for i := range b.slot {
+		if c := &b.slot[i]; c.sec.Load() > sec-slots {
+			req += c.requests.Load()
+			ret += c.retries
+		}
 	}
 	if float64(ret)+1 > b.reserve+b.ratio*float64(req) {
 		return false
@@ -75,18 +90,19 @@ func (b *Budget) Retry() bool {
 	return true
 }
 
-// current returns the slot of this second, zeroing the slots whose second
-// has left the window.
-func (b *Budget) current() *counts {
-	sec := b.now().Unix()
-	for i := range b.slot {
-		if b.epoch[i] <= sec-slots {
-			b.slot[i] = counts{}
-		}
+// at returns the slot of second sec.
+func (b *Budget) at(sec int64) *counts {
+	return &b.slot[((sec%slots)+slots)%slots]
+}
+
+// turn makes c the slot of second sec, zeroed, unless it is already; with
+// b.mu held. The requests are zeroed before the second is set: a Request
+// that sees the new second counts in the new slot.
+func (b *Budget) turn(c *counts, sec int64) {
+	if c.sec.Load() == sec {
+		return
 	}
-	i := int(((sec % slots) + slots) % slots)
-	if b.epoch[i] != sec {
-		b.slot[i], b.epoch[i] = counts{}, sec
-	}
-	return &b.slot[i]
+	c.requests.Store(0)
+	c.retries = 0
+	c.sec.Store(sec)
 }
