@@ -25,7 +25,7 @@ import (
 // each attempt, the count, the backoff).
 type call struct {
 	t   *transport
-	ctx context.Context // the Tracker's, derived from the request's
+	ctx context.Context // the Tracker's, derived from the request's; its attempts run in it (see renew)
 
 	// What the call holds; release gives it back, once.
 	tk       ticket              // the Tracker's, for finish
@@ -46,15 +46,16 @@ type call struct {
 	key      secret // the key sent with the current attempt, for scrubbing its answer
 	raw      []byte // the request body, read once for a target with a model of its own
 
-	// The current attempt's: its context's cancel (nil when it has the
-	// call's context); the timers of Config.AttemptTimeout and of its
-	// first sign of an answer (Config.FirstTokenTimeout), nil when not
-	// running; and a stream's watchdog of the gaps between its events.
-	// Kept in the call, not in closures, so that an attempt allocates
-	// little.
-	amu          sync.Mutex // guards acancel and agen between the call, its timers and a forced drain
-	acancel      context.CancelCauseFunc
+	// The current attempt's: whether one is running (its timers may cut
+	// it), its number, ctx's cancel, which they cut it with; the timers of
+	// Config.AttemptTimeout and of its first sign of an answer
+	// (Config.FirstTokenTimeout), nil when not running; and a stream's
+	// watchdog of the gaps between its events. Kept in the call, not in
+	// closures, so that an attempt allocates little.
+	amu          sync.Mutex // guards live, agen and cancel between the call and its timers
+	live         bool
 	agen         uint64 // the current attempt's number, so a late timer ends no later attempt
+	cancel       context.CancelCauseFunc
 	attemptTimer watchdog.Timer
 	firstMu      sync.Mutex // the request body is read on net/http's goroutine
 	firstTimer   *firstTimer
@@ -85,7 +86,7 @@ func (t *transport) begin(req *http.Request) (*call, error) {
 	if t.hooks != nil {
 		c.observe()
 	}
-	ctx, tk, err := t.tracker.begin(c.req.Context(), t.label(c.req), c)
+	ctx, cancel, tk, err := t.tracker.begin(c.req.Context(), t.label(c.req))
 	if err != nil {
 		closeBody(c.req)
 		if c.obs != nil {
@@ -94,7 +95,7 @@ func (t *transport) begin(req *http.Request) (*call, error) {
 		}
 		return nil, err
 	}
-	c.ctx, c.tk = ctx, tk
+	c.ctx, c.cancel, c.tk = ctx, cancel, tk
 	c.tracked.c = c
 	if r := callRecordOf(ctx); r != nil {
 		// A call that goes on from earlier ones (Chat's retries of a whole
@@ -289,9 +290,11 @@ func (c *call) attempt(tg *target) (*http.Response, error) {
 	if c.obs != nil {
 		c.obs.target, c.obs.attemptStart = tg.base, time.Now()
 	}
-	actx := c.attemptContext()
-	resp, err := c.t.base.RoundTrip(c.prepare(actx, tg))
-	tg.gate.learn(c.ctx, &c.draw, resp)
+	c.startAttempt()
+	resp, err := c.t.base.RoundTrip(c.prepare(c.ctx, tg))
+	// The quota is told with the caller's context: a timeout that cut
+	// this attempt has cancelled the call's.
+	tg.gate.learn(c.req.Context(), &c.draw, resp)
 	where := wherePhase(waitHeaders) // the part of the exchange that failed, for a timeout
 	if err == nil {
 		switch ok := resp.StatusCode/100 == 2; {
@@ -315,6 +318,9 @@ func (c *call) attempt(tg *target) (*http.Response, error) {
 			if err = c.answered(false); err == nil && ok && c.jsonCall {
 				where = readingBody
 				if err = readWhole(resp, &c.whole); err == nil {
+					// All of the answer is in: nothing left for the
+					// attempt's timeout to bound, nor to cut it after.
+					c.stopAttemptTimer()
 					// The usage is read once, for the hooks and the pacing.
 					var u Usage
 					if c.obs != nil {
@@ -322,7 +328,7 @@ func (c *call) attempt(tg *target) (*http.Response, error) {
 					} else if tg.gate.wantsUsage() {
 						u, _ = answerUsage(c.whole.b)
 					}
-					tg.gate.used(c.ctx, &c.draw, int(c.req.ContentLength), u)
+					tg.gate.used(c.req.Context(), &c.draw, int(c.req.ContentLength), u)
 				}
 			}
 		}
@@ -331,15 +337,48 @@ func (c *call) attempt(tg *target) (*http.Response, error) {
 			resp = nil
 		}
 	}
-	if err != nil && c.ctx.Err() == nil {
-		switch cause := context.Cause(actx); {
+	cause := context.Cause(c.ctx) // nil unless cancelled
+	cut := attemptCut(cause)
+	if cut && err == nil && resp.StatusCode/100 != 2 {
+		// Cut by its own timeout as its failure came in: a failure all the
+		// same, but said to be the timeout's. (A successful answer cut
+		// after it began is handed over: its body ends with the cut.)
+		discard(resp)
+		resp, err = nil, cause
+	}
+	if err != nil && (cause == nil || cut) {
+		switch {
 		case errors.Is(err, errFirstTokenTimeout) || cause == errFirstTokenTimeout:
 			err = newTimeoutError(errFirstTokenTimeout, c.t.firstTokenTimeout, where, err)
 		case cause == errAttemptTimeout:
 			err = newTimeoutError(errAttemptTimeout, c.t.attemptTimeout, where, err)
 		}
 	}
+	if cut && err != nil {
+		c.renew()
+	}
 	return resp, err
+}
+
+// attemptCut reports whether cause, the call's context's, is one that
+// ends an attempt only: its timeouts or a stalled stream's watchdog.
+func attemptCut(cause error) bool {
+	return cause == errAttemptTimeout || cause == errFirstTokenTimeout || cause == ErrStreamStalled
+}
+
+// renew gives the call a new context, in place of the one a timeout of
+// its attempt cancelled, for what comes after: the wait and the next
+// attempt. The Tracker registers it, so a forced drain reaches the call
+// through it (at once, if one already named the call). One context serves
+// every attempt until a timeout cuts one: on the happy path a call makes
+// one, not two.
+func (c *call) renew() {
+	ctx, cancel := context.WithCancelCause(c.req.Context())
+	c.amu.Lock()
+	c.live = false // a late timer of the cut attempt must not end the call
+	c.ctx, c.cancel = ctx, cancel
+	c.amu.Unlock()
+	c.t.tracker.renew(c.tk, ctx, cancel)
 }
 
 // answered stops the wait for the first sign of an answer, which has come:
@@ -369,32 +408,22 @@ func (c *call) stalled() bool {
 	return true
 }
 
-// attemptContext returns the context of the next attempt, and starts the
-// timers of Config.AttemptTimeout and of its first sign of an answer
-// (Config.FirstTokenTimeout), if any; end stops them. With no timeout at
-// all the call's context serves as it is: nothing to allocate.
+// startAttempt starts the timers of the next attempt, which runs in the
+// call's context: those of Config.AttemptTimeout and of its first sign of
+// an answer (Config.FirstTokenTimeout), if any. A timer that fires cuts
+// the attempt by cancelling the context with its cause (attemptCut); the
+// call then goes on in a new one (renew). end stops them.
 //
-// The attempt's context is derived from the request's, beside the call's
-// (the Tracker's) rather than under it, and a forced drain cancels both
-// (cancelAttempt): a context under the call's would cost the call's a
-// list of children and a channel, three allocations per call, for a
-// cancellation that reaches the attempt anyway.
-func (c *call) attemptContext() context.Context {
+// A context of its own per attempt, beside or under the call's, would
+// cost every call two allocations more, and under the call's three, for
+// what few attempts need: most end before any timeout.
+func (c *call) startAttempt() {
 	t := c.t
-	if t.attemptTimeout <= 0 && t.firstTokenTimeout <= 0 && (!c.stream || t.idleTimeout <= 0) {
-		return c.ctx
-	}
-	actx, acancel := context.WithCancelCause(c.req.Context())
 	c.amu.Lock()
-	c.acancel = acancel
+	c.live = true
 	c.agen++
 	gen := c.agen
 	c.amu.Unlock()
-	if c.ctx.Err() != nil {
-		// A drain forced before the attempt began: cancelAttempt found no
-		// attempt to end, or the one before.
-		acancel(context.Cause(c.ctx))
-	}
 	if t.attemptTimeout > 0 {
 		// The timers' functions name their attempt: one that fires as
 		// end stops it may run after the next attempt has begun.
@@ -415,7 +444,14 @@ func (c *call) attemptContext() context.Context {
 			c.body = &progressBody{ReadCloser: c.body, c: c}
 		}
 	}
-	return actx
+}
+
+// stopAttemptTimer stops the timer of Config.AttemptTimeout, if running.
+func (c *call) stopAttemptTimer() {
+	if c.attemptTimer != nil {
+		c.attemptTimer.Stop()
+		c.attemptTimer = nil
+	}
 }
 
 // stopFirstTimer ends the wait for the first sign of an answer, and
@@ -473,41 +509,39 @@ func (t *transport) startFirstTimer(c *call, gen uint64) *firstTimer {
 	return ft
 }
 
-// cancelAttempt ends the current attempt, if any, with cause: a timer's,
-// a watchdog's, or a forced drain's, which cancelled the call's context
-// first.
+// cancelAttempt ends the current attempt, if one is running, with cause
+// (a watchdog's): it cancels the call's context, which the attempt runs
+// in; see renew.
 func (c *call) cancelAttempt(cause error) {
 	c.amu.Lock()
 	defer c.amu.Unlock()
-	if c.acancel != nil {
-		c.acancel(cause)
+	if c.live {
+		c.cancel(cause)
 	}
 }
 
-// cancelAttemptGen ends attempt gen with cause if it is still the current
-// one.
+// cancelAttemptGen ends attempt gen with cause (a timer's) if it is still
+// running.
 func (c *call) cancelAttemptGen(gen uint64, cause error) {
 	c.amu.Lock()
 	defer c.amu.Unlock()
-	if c.acancel != nil && c.agen == gen {
-		c.acancel(cause)
+	if c.live && c.agen == gen {
+		c.cancel(cause)
 	}
 }
 
-// end ends the current attempt: its timers, its watchdog, its context,
-// its place under its target's adaptive limit.
+// end ends the current attempt: its timers, its watchdog, its place
+// under its target's adaptive limit. The call's context stays: the call
+// may go on; the Tracker cancels it when the call is done.
 func (c *call) end() {
 	c.draw.done(false)
-	if c.attemptTimer != nil {
-		c.attemptTimer.Stop()
-		c.attemptTimer = nil
-	}
+	c.amu.Lock()
+	c.live = false
+	c.amu.Unlock()
+	c.stopAttemptTimer()
 	c.stopFirstTimer()
 	c.wd.Stop()
 	c.wd = nil
-	if c.acancel != nil {
-		c.acancel(context.Canceled)
-	}
 }
 
 // sentAtOnce is the largest request body whose sending does not count as
@@ -762,6 +796,10 @@ func (c *call) abandon(resp *http.Response, err error) error {
 func (c *call) next(resp *http.Response, wait time.Duration, why WaitReason) error {
 	discard(resp)
 	c.end()
+	if attemptCut(context.Cause(c.ctx)) {
+		// Its timeout cut the attempt while its answer was read here.
+		c.renew()
+	}
 	var start time.Time
 	if c.obs != nil && wait > 0 {
 		start = time.Now()

@@ -56,9 +56,11 @@ func (o outcome) retried() bool { return o == overloaded || o == broken || o == 
 // classify judges an attempt of the call of ctx that ended with resp or
 // err. shouldRetry is Config.ShouldRetry: the caller's word on what is
 // worth retrying; classify adds only what the caller cannot change, that a
-// call whose context ended is over.
+// call whose context ended is over. A context cut by the attempt's own
+// timeout after a successful answer began (see call.attempt) is not the
+// call's end: the answer is judged, and its body ends with the cut.
 func classify(ctx context.Context, resp *http.Response, err error, shouldRetry func(*http.Response, error) bool) outcome {
-	if ctx.Err() != nil {
+	if ctx.Err() != nil && !attemptCut(context.Cause(ctx)) {
 		return abandoned
 	}
 	// Asked once: it is the caller's code, and may count what it sees.

@@ -237,11 +237,11 @@ func BenchmarkStreamBody(b *testing.B) {
 	tr := &transport{tracker: NewTracker()}
 	for range b.N {
 		rc := io.NopCloser(bytes.NewReader(stream.Bytes()))
-		ctx, tk, err := tr.tracker.begin(context.Background(), "", nil)
+		ctx, cancel, tk, err := tr.tracker.begin(context.Background(), "")
 		if err != nil {
 			b.Fatal(err)
 		}
-		c := &call{t: tr, ctx: ctx, tk: tk}
+		c := &call{t: tr, ctx: ctx, cancel: cancel, tk: tk}
 		// As a chat stream gets it: the idle watchdog kicked at each event.
 		c.wd = watchdog.Start(watchdog.Real, time.Minute, func() bool { return true })
 		tb := &trackedBody{c: c, rc: newSSEScrubber(rc, fakeKey), sse: &sseWatcher{mustEnd: true, wd: c.wd}}

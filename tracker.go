@@ -80,6 +80,7 @@ type Tracker struct {
 	idle      chan struct{} // closed when in flight reaches zero while draining
 	forced    chan struct{} // closed once a forced drain has its verdict
 	forcing   bool
+	callCause error // the cause a forced drain cancels calls with; set once, before it marks any
 	forcedErr error
 	// signalCut are the calls a signal's context cancelled (see
 	// CallsCancelledError), and signalCause that context's cause.
@@ -130,7 +131,6 @@ type slot struct {
 	gen      uint64 // bumped each time the slot is released
 	cancel   context.CancelCauseFunc
 	ctx      context.Context // the call's, to tell at done whether a signal cut it
-	attempts attemptCanceler // the transport's call, whose attempts a forced drain ends too; nil for Begin's
 	id       uint64
 	label    string
 	started  time.Duration // since epoch, on the monotonic clock
@@ -154,7 +154,7 @@ func NewTracker() *Tracker { return new(Tracker) }
 // and named in its *ForcedDrainError), or refused with ErrDraining: never
 // cancelled without being named.
 func (t *Tracker) Begin(ctx context.Context) (context.Context, func(), error) {
-	cctx, tk, err := t.begin(ctx, "", nil)
+	cctx, _, tk, err := t.begin(ctx, "")
 	if err != nil {
 		return cctx, func() {}, err
 	}
@@ -170,17 +170,11 @@ type ticket struct {
 	gen uint64
 }
 
-// attemptCanceler is a call whose attempts run in contexts of their own,
-// not derived from the one begin returns (see call.attemptContext): a
-// forced drain cancels them with the same cause.
-type attemptCanceler interface {
-	cancelAttempt(cause error)
-}
-
 // begin is Begin with a label used to name the call if a drain is forced,
-// and the call's done as a ticket for finish. A forced drain also ends the
-// attempts of ac, if not nil.
-func (t *Tracker) begin(ctx context.Context, label string, ac attemptCanceler) (context.Context, ticket, error) {
+// the context's cancel (for the transport's timers, which end an attempt
+// by cancelling it; see renew) and the call's done as a ticket for
+// finish.
+func (t *Tracker) begin(ctx context.Context, label string) (context.Context, context.CancelCauseFunc, ticket, error) {
 	// Any shard will do: a random one spreads the calls over the locks
 	// without a counter that every call would write.
 	si := rand.Uint32() % numShards
@@ -192,7 +186,7 @@ func (t *Tracker) begin(ctx context.Context, label string, ac attemptCanceler) (
 	s.n.Add(1)
 	if t.draining.Load() {
 		t.release(s)
-		return ctx, ticket{}, ErrDraining
+		return ctx, nil, ticket{}, ErrDraining
 	}
 	if t.hook != nil {
 		t.hook(hookAdmitted)
@@ -212,7 +206,7 @@ func (t *Tracker) begin(ctx context.Context, label string, ac attemptCanceler) (
 	}
 	sl := &s.slots[i]
 	s.seq++
-	sl.cancel, sl.ctx, sl.attempts, sl.id, sl.label, sl.started = cancel, cctx, ac, s.seq*numShards+uint64(si), label, now
+	sl.cancel, sl.ctx, sl.id, sl.label, sl.started = cancel, cctx, s.seq*numShards+uint64(si), label, now
 	gen := sl.gen
 	s.mu.Unlock()
 	if t.hook != nil {
@@ -227,9 +221,29 @@ func (t *Tracker) begin(ctx context.Context, label string, ac attemptCanceler) (
 	if t.forceFlag.Load() && !t.keepForced(s, i, gen) {
 		cancel(ErrDraining)
 		t.release(s)
-		return ctx, ticket{}, ErrDraining
+		return ctx, nil, ticket{}, ErrDraining
 	}
-	return cctx, ticket{si, i, gen}, nil
+	return cctx, cancel, ticket{si, i, gen}, nil
+}
+
+// renew registers ctx, with its cancel, as the context of the call tk
+// registered, in place of the one begin (or an earlier renew) returned,
+// which a timeout of one attempt has cancelled: the call goes on in ctx.
+// If a forced drain already named the call, ctx is cancelled at once with
+// the drain's cause, as the old one would have been.
+func (t *Tracker) renew(tk ticket, ctx context.Context, cancel context.CancelCauseFunc) {
+	s := &t.shards[tk.si]
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	sl := &s.slots[tk.i]
+	if sl.gen != tk.gen {
+		cancel(context.Canceled) // done already
+		return
+	}
+	sl.ctx, sl.cancel = ctx, cancel
+	if sl.reported {
+		cancel(t.callCause)
+	}
 }
 
 // keepForced settles, for a call that registered slot i of s (generation
@@ -244,7 +258,7 @@ func (t *Tracker) keepForced(s *shard, i int32, gen uint64) bool {
 	if sl.reported {
 		return true
 	}
-	sl.gen, sl.cancel, sl.ctx, sl.attempts, sl.label, sl.nextFree = gen+1, nil, nil, nil, "", s.free
+	sl.gen, sl.cancel, sl.ctx, sl.label, sl.nextFree = gen+1, nil, nil, "", s.free
 	s.free = i + 1
 	return false
 }
@@ -272,7 +286,7 @@ func (t *Tracker) finish(tk ticket) {
 		}
 	}
 	// Field by field: assigning a whole slot costs a typed copy.
-	sl.gen, sl.cancel, sl.ctx, sl.attempts, sl.label, sl.nextFree, sl.reported = gen+1, nil, nil, nil, "", s.free, false
+	sl.gen, sl.cancel, sl.ctx, sl.label, sl.nextFree, sl.reported = gen+1, nil, nil, "", s.free, false
 	s.free = i + 1
 	s.mu.Unlock()
 	if cutCause != nil {
@@ -517,6 +531,7 @@ func (t *Tracker) force(cause error, idle <-chan struct{}) {
 	if errors.Is(cause, ErrForcedShutdown) {
 		callCause = cause
 	}
+	t.callCause = callCause // before any slot is marked reported: renew reads it then
 	stragglers := t.cancelAll(callCause)
 	if t.hook != nil {
 		t.hook(hookScanned)
@@ -555,9 +570,6 @@ func (t *Tracker) cancelAll(cause error) []CallInfo {
 			if sl := &s.slots[j]; sl.cancel != nil {
 				sl.reported = true
 				sl.cancel(cause)
-				if sl.attempts != nil {
-					sl.attempts.cancelAttempt(cause)
-				}
 				infos = append(infos, CallInfo{ID: sl.id, Label: sl.label, Started: now.Add(sl.started - mono)})
 			}
 		}

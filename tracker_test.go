@@ -392,7 +392,7 @@ func TestForcedDrainUnfinishedCountsOnlyStragglers(t *testing.T) {
 
 // beginLabelled is Begin with a label, as the transport registers its calls.
 func beginLabelled(tr *Tracker, ctx context.Context, label string) (context.Context, func(), error) {
-	cctx, tk, err := tr.begin(ctx, label, nil)
+	cctx, _, tk, err := tr.begin(ctx, label)
 	if err != nil {
 		return cctx, func() {}, err
 	}
