@@ -34,50 +34,8 @@ func benchTransport() *http.Transport {
 func BenchmarkCreateChatCompletion(b *testing.B) {
 	srv := llmtest.NewServer()
 	defer srv.Close()
-
-	type client struct {
-		name string
-		call func(ctx context.Context, req openai.ChatCompletionRequest) (openai.ChatCompletionResponse, error)
-		tr   *http.Transport
-	}
-	bareTr := benchTransport()
-	cfg := openai.DefaultConfig(benchKey)
-	cfg.BaseURL = srv.URL
-	cfg.HTTPClient = &http.Client{Transport: bareTr}
-	bare := openai.NewClientWithConfig(cfg)
-
-	ldTr := benchTransport()
-	ld, err := llmdrain.New(llmdrain.Config{APIKey: benchKey, BaseURL: srv.URL, HTTPClient: &http.Client{Transport: ldTr}})
-	if err != nil {
-		b.Fatal(err)
-	}
-	// Its plain-http endpoint has a pool of its own, derived from ldTr.
-	defer ld.Shutdown(context.Background())
-	// The same with every hook set, doing nothing: what observing costs
-	// before a metrics library adds its own.
-	hkTr := benchTransport()
-	hk, err := llmdrain.New(llmdrain.Config{APIKey: benchKey, BaseURL: srv.URL, HTTPClient: &http.Client{Transport: hkTr}, Hooks: noopHooks()})
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer hk.Shutdown(context.Background())
-	clients := []client{
-		{"gopenai", bare.CreateChatCompletion, bareTr},
-		{"llmdrain", ld.CreateChatCompletion, ldTr},
-		{"llmdrain-hooks", hk.CreateChatCompletion, hkTr},
-	}
-	defer func() {
-		for _, c := range clients {
-			c.tr.CloseIdleConnections()
-		}
-	}()
-
-	req := func() openai.ChatCompletionRequest {
-		return openai.ChatCompletionRequest{
-			Model:    openai.GPT4o,
-			Messages: []openai.ChatCompletionMessage{{Role: openai.ChatMessageRoleUser, Content: "hello"}},
-		}
-	}
+	clients := socketClients(b, srv.URL)
+	req := overheadRequest
 	for _, conc := range []int{1, 32} {
 		for _, c := range clients {
 			b.Run(fmt.Sprintf("%s/c%d", c.name, conc), func(b *testing.B) {
@@ -103,6 +61,40 @@ func BenchmarkCreateChatCompletion(b *testing.B) {
 			})
 		}
 	}
+}
+
+// socketClients returns BenchmarkClientOverhead's clients (bare go-openai,
+// llmdrain, llmdrain with no-op hooks) against baseURL over sockets, each
+// with a keep-alive pool of its own, closed and shut down when b ends.
+func socketClients(b *testing.B, baseURL string) []overheadClient {
+	bareTr := benchTransport()
+	b.Cleanup(bareTr.CloseIdleConnections)
+	cfg := openai.DefaultConfig(benchKey)
+	cfg.BaseURL = baseURL
+	cfg.HTTPClient = &http.Client{Transport: bareTr}
+	bare := openai.NewClientWithConfig(cfg)
+	clients := []overheadClient{{"gopenai", bare.CreateChatCompletion}}
+	for _, c := range []struct {
+		name  string
+		hooks *llmdrain.Hooks
+	}{
+		{"llmdrain", nil},
+		// Every hook set, doing nothing: what observing costs before a
+		// metrics library adds its own.
+		{"llmdrain-hooks", noopHooks()},
+	} {
+		tr := benchTransport()
+		b.Cleanup(tr.CloseIdleConnections)
+		ld, err := llmdrain.New(llmdrain.Config{APIKey: benchKey, BaseURL: baseURL, HTTPClient: &http.Client{Transport: tr}, Hooks: c.hooks})
+		if err != nil {
+			b.Fatal(err)
+		}
+		// Its plain-http endpoint has a pool of its own, derived from tr:
+		// Shutdown closes it.
+		b.Cleanup(func() { ld.Shutdown(context.Background()) })
+		clients = append(clients, overheadClient{c.name, ld.CreateChatCompletion})
+	}
+	return clients
 }
 
 // noopHooks sets every hook to a function that does nothing: what
