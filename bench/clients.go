@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"io"
 	"net/http"
 	"strings"
 	"time"
@@ -57,6 +58,70 @@ func bareGoOpenAI(baseURL string) caller {
 		},
 		close: tr.CloseIdleConnections,
 	}
+}
+
+// bareCancellable is bare go-openai called as a service calls it: under a
+// context of its own per call (a request's), cancellable, cancelled when
+// the call returns. net/http then derives its own per-request context
+// under a cancellable parent, which costs it more than under
+// context.Background, the reference's.
+func bareCancellable(baseURL string) caller {
+	c := bareGoOpenAI(baseURL)
+	call := c.call
+	c.name = "go-openai (bare), cancellable context"
+	c.call = func(ctx context.Context) error {
+		ctx, cancel := context.WithCancel(ctx)
+		defer cancel()
+		return call(ctx)
+	}
+	return c
+}
+
+// floorClient is bare go-openai behind the least a client that can end
+// calls in flight (a drain forced at its deadline) must do: a
+// cancellable context per call, the request copied onto it, and a
+// response body that cancels it when closed. What it costs over bare is
+// a floor under any such client's overhead, llmdrain's included.
+func floorClient(baseURL string) caller {
+	tr := newTransport()
+	cfg := goopenai.DefaultConfig(benchKey)
+	cfg.BaseURL = baseURL
+	cfg.HTTPClient = &http.Client{Transport: floorTransport{tr}}
+	c := goopenai.NewClientWithConfig(cfg)
+	return caller{
+		name: "floor: cancellable calls over bare go-openai",
+		call: func(ctx context.Context) error {
+			_, err := c.CreateChatCompletion(ctx, chatRequest())
+			return err
+		},
+		close: tr.CloseIdleConnections,
+	}
+}
+
+// floorTransport runs each request in a cancellable context of its own,
+// cancelled when its response body is closed (or the request failed).
+type floorTransport struct{ base http.RoundTripper }
+
+func (f floorTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+	ctx, cancel := context.WithCancelCause(req.Context())
+	resp, err := f.base.RoundTrip(req.WithContext(ctx))
+	if err != nil {
+		cancel(err)
+		return nil, err
+	}
+	resp.Body = &cancelOnClose{ReadCloser: resp.Body, cancel: cancel}
+	return resp, nil
+}
+
+type cancelOnClose struct {
+	io.ReadCloser
+	cancel context.CancelCauseFunc
+}
+
+func (b *cancelOnClose) Close() error {
+	err := b.ReadCloser.Close()
+	b.cancel(context.Canceled)
+	return err
 }
 
 // llmdrainClient is llmdrain with its defaults (DefaultBackoff, three

@@ -83,7 +83,10 @@ func runHappy(rc runConfig) section {
 		panic(err)
 	}
 	om, _ := llmdrainClient("llmdrain, metrics on (otelmetrics)", srv.URL, llmdrain.Config{Hooks: metrics})
-	contenders := []caller{bare, ld, og, hk, om}
+	// What net/http costs under a cancellable context, and the least a
+	// client that can end calls in flight adds: the part of llmdrain's
+	// overhead any such client pays (see bareCancellable, floorClient).
+	contenders := []caller{bare, ld, og, hk, om, bareCancellable(srv.URL), floorClient(srv.URL)}
 	defer func() {
 		for _, c := range contenders {
 			c.close()
@@ -162,6 +165,11 @@ func runHappy(rc runConfig) section {
 			fmt.Sprintf("%s/s, +%.0f allocs/call", fmtNum(median(rates[4])), median(allocs[4])-median(allocs[0])),
 			fmt.Sprintf("bare go-openai %s/s", fmtNum(median(rates[0]))),
 			fmt.Sprintf("%s (by CPU/call %s)", pct(rm), pct(median(cpuRatios[4]))), "≥ 95 %", verdict(rm >= 0.95))
+		rc5, rf := median(ratios[5]), median(ratios[6])
+		sec.addRow("1", fmt.Sprintf("Happy path, concurrency %d: llmdrain over the floor of cancellable calls", conc),
+			fmt.Sprintf("%s/s", fmtNum(median(rates[1]))),
+			fmt.Sprintf("floor %s/s (%s of bare; bare under a cancellable context: %s)", fmtNum(median(rates[6])), pct(rf), pct(rc5)),
+			pct(r/rf), "—", "—")
 		if failed > 0 {
 			sec.broken = append(sec.broken, fmt.Sprintf("concurrency %d: %d calls failed, none should", conc, failed))
 		}
