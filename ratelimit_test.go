@@ -3,6 +3,7 @@ package llmdrain
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -72,6 +73,14 @@ func TestPacingKeepsUnderTokenQuota(t *testing.T) {
 	// The estimate starts high and is corrected by the usage: a few
 	// 429s at most while it learns, never one per call.
 	assert.LessOrEqual(t, srv.Stats().RateLimited, 3)
+	// And corrected it is: a call like these is now estimated at about
+	// what the server billed, not at the prompt's bytes / 4 plus a
+	// paragraph (256 tokens) it started from.
+	body, err := json.Marshal(userMsg("call 0"))
+	require.NoError(t, err)
+	pacer := c.http.Transport.(*transport).router.targets[0].gate.pacer
+	est := pacer.Estimate(len(body), 0)
+	assert.InDelta(t, cost, est, float64(cost), "estimate %d tokens for a call billed %d", est, cost)
 }
 
 func llmtestWords(prompt string) []string {
