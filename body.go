@@ -5,6 +5,7 @@ package llmdrain
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -259,7 +260,9 @@ func (b *trackedBody) Read(p []byte) (int, error) {
 		if b.sse != nil && b.sse.mustEnd && !b.sse.done && !b.sse.finished {
 			err = errTruncated
 		}
-	case b.c.ctx.Err() != nil:
+	case b.c.ctx.Err() != nil && !attemptCut(context.Cause(b.c.ctx)):
+		// The call's end (its caller's, or a forced drain's), not its
+		// attempt's (a stall, below, or a timeout).
 		err = callError(b.c.ctx, err)
 	case b.sse != nil && b.c.wd.Fired():
 		err = fmt.Errorf("%w: no event for %v", ErrStreamStalled, b.c.t.idleTimeout)

@@ -160,6 +160,7 @@ func TestStreamIdleTimeout(t *testing.T) {
 			assert.Less(t, time.Since(start), 3*time.Second)
 			assert.ErrorIs(t, err, ErrStreamStalled)
 			assert.ErrorIs(t, err, io.ErrUnexpectedEOF)
+			assert.Contains(t, err.Error(), "no event for 100ms", "says how long it waited")
 			assert.Equal(t, "You said: ", text, "the events before the stall")
 			assert.Equal(t, 1, srv.Stats().Requests, "nothing replayed mid-stream")
 			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
