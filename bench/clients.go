@@ -45,13 +45,23 @@ func chatRequest() goopenai.ChatCompletionRequest {
 
 // bareGoOpenAI is go-openai as shipped: no retries at all.
 func bareGoOpenAI(baseURL string) caller {
+	return goOpenAIOver("go-openai (bare)", baseURL, nil)
+}
+
+// goOpenAIOver is go-openai on a transport of its own, wrapped by wrap
+// if not nil.
+func goOpenAIOver(name, baseURL string, wrap func(http.RoundTripper) http.RoundTripper) caller {
 	tr := newTransport()
+	var rt http.RoundTripper = tr
+	if wrap != nil {
+		rt = wrap(tr)
+	}
 	cfg := goopenai.DefaultConfig(benchKey)
 	cfg.BaseURL = baseURL
-	cfg.HTTPClient = &http.Client{Transport: tr}
+	cfg.HTTPClient = &http.Client{Transport: rt}
 	c := goopenai.NewClientWithConfig(cfg)
 	return caller{
-		name: "go-openai (bare)",
+		name: name,
 		call: func(ctx context.Context) error {
 			_, err := c.CreateChatCompletion(ctx, chatRequest())
 			return err
@@ -83,19 +93,8 @@ func bareCancellable(baseURL string) caller {
 // response body that cancels it when closed. What it costs over bare is
 // a floor under any such client's overhead, llmdrain's included.
 func floorClient(baseURL string) caller {
-	tr := newTransport()
-	cfg := goopenai.DefaultConfig(benchKey)
-	cfg.BaseURL = baseURL
-	cfg.HTTPClient = &http.Client{Transport: floorTransport{tr}}
-	c := goopenai.NewClientWithConfig(cfg)
-	return caller{
-		name: "floor: cancellable calls over bare go-openai",
-		call: func(ctx context.Context) error {
-			_, err := c.CreateChatCompletion(ctx, chatRequest())
-			return err
-		},
-		close: tr.CloseIdleConnections,
-	}
+	return goOpenAIOver("floor: cancellable calls over bare go-openai", baseURL,
+		func(base http.RoundTripper) http.RoundTripper { return floorTransport{base} })
 }
 
 // floorTransport runs each request in a cancellable context of its own,
