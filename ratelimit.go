@@ -1,7 +1,6 @@
 package llmdrain
 
 import (
-	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -9,7 +8,6 @@ import (
 	"errors"
 	"io"
 	"net/http"
-	"strconv"
 	"sync/atomic"
 	"time"
 
@@ -163,9 +161,9 @@ func (c *call) estimate(p *pacing.Pacer) int {
 			rc.Close()
 		}
 	}
-	maxTokens, ok := usageField(c.raw, `"max_completion_tokens"`)
+	maxTokens, ok := intAt(c.raw, `"max_completion_tokens":`)
 	if !ok {
-		maxTokens, _ = usageField(c.raw, `"max_tokens"`)
+		maxTokens, _ = intAt(c.raw, `"max_tokens":`)
 	}
 	c.est = p.Estimate(len(c.raw), maxTokens)
 	return c.est
@@ -258,28 +256,6 @@ func (tk *draw) done(overloaded bool) {
 		tk.held = false
 		tk.permit.Done(overloaded)
 	}
-}
-
-// usageField finds the number after the last occurrence of name in a
-// request body (max_completion_tokens, max_tokens), spaces before and
-// after its colon allowed.
-func usageField(body []byte, name string) (int, bool) {
-	i := bytes.LastIndex(body, []byte(name))
-	if i < 0 {
-		return 0, false
-	}
-	rest := bytes.TrimLeft(body[i+len(name):], " \t\r\n")
-	rest, ok := bytes.CutPrefix(rest, []byte(":"))
-	if !ok {
-		return 0, false
-	}
-	rest = bytes.TrimLeft(rest, " \t\r\n")
-	n := 0
-	for n < len(rest) && rest[n] >= '0' && rest[n] <= '9' {
-		n++
-	}
-	v, err := strconv.Atoi(string(rest[:n]))
-	return v, err == nil
 }
 
 // budgetError is the error of a call whose retry the budget refused: the

@@ -1,7 +1,6 @@
 package llmdrain
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -22,6 +21,7 @@ import (
 	"github.com/stretchr/testify/require"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/llmdrain/llmdrain/internal/pacing"
 	"github.com/llmdrain/llmdrain/llmtest"
 )
 
@@ -136,8 +136,8 @@ func (q *failingQuota) Take(context.Context, string, Limit, int, int) (time.Dura
 func TestDeadQuotaPacesLocally(t *testing.T) {
 	srv := newServer(t, llmtest.WithRateLimit(llmtest.RateLimit{RequestsPerMinute: 5, Period: 250 * time.Millisecond, Headers: true}))
 	q := new(failingQuota)
-	var logs lockedBuffer
-	c := newTestClient(t, srv, Config{Quota: q, Logger: logs.logger()})
+	var logs syncBuffer
+	c := newTestClient(t, srv, Config{Quota: q, Logger: slog.New(slog.NewTextHandler(&logs, nil))})
 	_, err := c.CreateChatCompletion(context.Background(), userMsg("first"))
 	require.NoError(t, err)
 	for _, err := range run(t, c, 10, 10) {
@@ -145,7 +145,7 @@ func TestDeadQuotaPacesLocally(t *testing.T) {
 	}
 	assert.Positive(t, q.calls.Load())
 	assert.LessOrEqual(t, srv.Stats().RateLimited, 2, "not paced locally")
-	assert.Equal(t, 1, logs.count("quota unreachable"), "logged once")
+	assert.Equal(t, 1, strings.Count(logs.String(), "quota unreachable"), "logged once")
 }
 
 func TestAdaptiveLimitHalvesOnOverload(t *testing.T) {
@@ -283,26 +283,6 @@ func nanValue() float64 {
 	return zero / zero
 }
 
-// lockedBuffer collects log lines from concurrent calls.
-type lockedBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *lockedBuffer) logger() *slog.Logger { return slog.New(slog.NewTextHandler(b, nil)) }
-
-func (b *lockedBuffer) count(s string) int {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return strings.Count(b.buf.String(), s)
-}
-
 func TestHooksToldOfPacingAndBudget(t *testing.T) {
 	srv := newServer(t, llmtest.WithRateLimit(llmtest.RateLimit{RequestsPerMinute: 2, Period: 200 * time.Millisecond, Headers: true}))
 	var (
@@ -347,4 +327,22 @@ func TestHooksToldOfPacingAndBudget(t *testing.T) {
 	defer mu.Unlock()
 	assert.Equal(t, "budget", reasons[len(reasons)-1])
 	assert.Equal(t, "retry_budget", types[len(types)-1])
+}
+
+// The estimate takes a request's bound on its completion from the field
+// itself, not from text that names it (escaped, in a tool's description
+// after the field), and max_tokens when max_completion_tokens is absent.
+func TestEstimateReadsTheRequestsBound(t *testing.T) {
+	for _, c := range []struct {
+		body string
+		max  int
+	}{
+		{`{"model":"m","messages":[],"max_completion_tokens":40,"tools":[{"function":{"description":"set \"max_completion_tokens\": 9"}}]}`, 40},
+		{`{"model":"m","messages":[{"role":"user","content":"say \"max_tokens\":7"}],"max_tokens":30}`, 30},
+		{`{"model":"m","messages":[{"role":"user","content":"say \"max_tokens\":7"}]}`, 0},
+	} {
+		p := pacing.New(nil)
+		got := (&call{raw: []byte(c.body)}).estimate(p)
+		assert.Equal(t, p.Estimate(len(c.body), c.max), got, c.body)
+	}
 }
