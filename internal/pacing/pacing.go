@@ -293,12 +293,11 @@ var (
 )
 
 // told is what one answer's headers said of one axis; ok when they gave
-// a positive limit and a remaining.
+// a positive limit and a remaining. reset is 0 when not told.
 type told struct {
 	limit     int
 	remaining float64
 	reset     time.Duration
-	resetOK   bool
 	ok        bool
 }
 
@@ -321,8 +320,8 @@ func readTold(h http.Header, k headerKeys) told {
 	if err != nil {
 		return told{}
 	}
-	reset, ok := ParseReset(headerValue(h, k.reset))
-	return told{limit: limit, remaining: remaining, reset: reset, resetOK: ok, ok: true}
+	reset, _ := ParseReset(headerValue(h, k.reset)) // 0 if absent or unreadable
+	return told{limit: limit, remaining: remaining, reset: reset, ok: true}
 }
 
 // headerValue is h.Get for a key already in canonical form.
@@ -349,7 +348,7 @@ func (a *axis) observe(t Ticket, sent int64, w told) {
 	// The period from the reset, kept unless it differs by a quarter and
 	// snapped to a round value, so that a shared quota sees one steady
 	// limit from every client.
-	if missing := float64(limit) - remaining; w.resetOK && w.reset > 0 && missing >= 1 {
+	if missing := float64(limit) - remaining; w.reset > 0 && missing >= 1 {
 		period := time.Duration(float64(w.reset) * float64(limit) / missing)
 		if d := math.Abs(float64(period-a.period)) / float64(a.period); d > 0.25 {
 			a.period = snap(period)
