@@ -53,8 +53,25 @@ func openLoop(c caller, n int, interval time.Duration) outcome {
 	var (
 		mu sync.Mutex
 		o  = outcome{calls: n}
-		wg sync.WaitGroup
 	)
+	start := time.Now()
+	arrive(n, interval, func() {
+		t := time.Now()
+		err := c.call(context.Background())
+		d := time.Since(t)
+		mu.Lock()
+		o.record(d, err)
+		mu.Unlock()
+	})()
+	o.wall = time.Since(start)
+	return o
+}
+
+// arrive starts call on a goroutine of its own every interval, n in all,
+// and returns once the last has started; the func it returns waits for
+// them all to end.
+func arrive(n int, interval time.Duration, call func()) (wait func()) {
+	var wg sync.WaitGroup
 	start := time.Now()
 	for i := range n {
 		if d := time.Until(start.Add(time.Duration(i) * interval)); d > 0 {
@@ -63,17 +80,10 @@ func openLoop(c caller, n int, interval time.Duration) outcome {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			t := time.Now()
-			err := c.call(context.Background())
-			d := time.Since(t)
-			mu.Lock()
-			o.record(d, err)
-			mu.Unlock()
+			call()
 		}()
 	}
-	wg.Wait()
-	o.wall = time.Since(start)
-	return o
+	return wg.Wait
 }
 
 func (o *outcome) record(d time.Duration, err error) {

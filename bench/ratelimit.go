@@ -215,41 +215,32 @@ func runOutage(rc runConfig) section {
 		var (
 			mu             sync.Mutex
 			typed, untyped int
-			wg             sync.WaitGroup
 		)
 		start := time.Now()
-		interval := time.Second / time.Duration(rate)
-		for i := range n {
-			if d := time.Until(start.Add(time.Duration(i) * interval)); d > 0 {
-				time.Sleep(d)
-			}
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-				defer cancel()
-				err := c.call(ctx)
-				var apiErr *goopenai.APIError
-				mu.Lock()
-				defer mu.Unlock()
-				switch {
-				case err == nil:
-				case errors.As(err, &apiErr) || errors.Is(err, llmdrain.ErrRetryBudget):
-					typed++
-				default:
-					untyped++
-					if untyped == 1 {
-						sec.broken = append(sec.broken, fmt.Sprintf("%s: an untyped error: %v", r.name, err))
-					}
+		wait := arrive(n, time.Second/time.Duration(rate), func() {
+			ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+			defer cancel()
+			err := c.call(ctx)
+			var apiErr *goopenai.APIError
+			mu.Lock()
+			defer mu.Unlock()
+			switch {
+			case err == nil:
+			case errors.As(err, &apiErr) || errors.Is(err, llmdrain.ErrRetryBudget):
+				typed++
+			default:
+				untyped++
+				if untyped == 1 {
+					sec.broken = append(sec.broken, fmt.Sprintf("%s: an untyped error: %v", r.name, err))
 				}
-			}()
-		}
+			}
+		})
 		// The outage ends once every call arrived and its length passed;
 		// calls still retrying then may succeed.
 		time.Sleep(time.Until(start.Add(outage)))
 		requests := srv.Stats().Requests
 		srv.SetDown(0)
-		wg.Wait()
+		wait()
 		c.close()
 		srv.Close()
 		pc := float64(requests) / float64(n)
