@@ -638,17 +638,7 @@ func (e *ForcedDrainError) Error() string {
 		b.WriteString("s")
 	}
 	b.WriteString(" in flight")
-	for i, c := range e.Stragglers {
-		if i == 5 {
-			fmt.Fprintf(&b, ", and %d more", len(e.Stragglers)-i)
-			break
-		}
-		sep := ", "
-		if i == 0 {
-			sep = ": "
-		}
-		fmt.Fprintf(&b, "%s%s", sep, c)
-	}
+	writeCalls(&b, e.Stragglers, len(e.Stragglers))
 	if e.Unfinished > 0 {
 		fmt.Fprintf(&b, "; %d still running after cancellation", e.Unfinished)
 	}
@@ -657,6 +647,22 @@ func (e *ForcedDrainError) Error() string {
 
 // Unwrap returns Cause.
 func (e *ForcedDrainError) Unwrap() error { return e.Cause }
+
+// writeCalls names the first five of calls after ": ", and says how many
+// more of total there were.
+func writeCalls(b *strings.Builder, calls []CallInfo, total int) {
+	for i, c := range calls {
+		if i == 5 {
+			fmt.Fprintf(b, ", and %d more", total-i)
+			return
+		}
+		sep := ", "
+		if i == 0 {
+			sep = ": "
+		}
+		fmt.Fprintf(b, "%s%s", sep, c)
+	}
+}
 
 // CallsCancelledError is returned by Drain (so Client.Shutdown) when no
 // call was left to wait for because a signal had cancelled calls first:
@@ -690,17 +696,7 @@ func (e *CallsCancelledError) Error() string {
 		b.WriteString("s")
 	}
 	fmt.Fprintf(&b, " cancelled by a signal's context (%v) instead of drained", e.Cause)
-	for i, c := range e.Calls {
-		if i == 5 {
-			fmt.Fprintf(&b, ", and %d more", e.N-i)
-			break
-		}
-		sep := ", "
-		if i == 0 {
-			sep = ": "
-		}
-		fmt.Fprintf(&b, "%s%s", sep, c)
-	}
+	writeCalls(&b, e.Calls, e.N)
 	b.WriteString("; give them a context that outlives the signal, such as context.WithoutCancel(ctx)")
 	return b.String()
 }
