@@ -115,31 +115,19 @@ func (rt *route) eligible(tg *target) bool {
 // its breaker: the first eligible target that admits it, else the
 // eligible one out longest, else (nothing eligible) false.
 func (r *router) pick(rt *route) (*target, breaker.Permit, bool) {
-	var (
-		first, out *target
-		outSince   time.Time
-	)
-	for _, tg := range r.targets {
-		if !rt.eligible(tg) {
-			continue
-		}
-		if p, ok := tg.breaker.Allow(); ok {
-			return tg, p, true
-		}
-		if first == nil {
-			first = tg
-		}
-		if since, ok := tg.breaker.OutSince(); ok && (out == nil || since.Before(outSince)) {
-			out, outSince = tg, since
-		}
-	}
-	if out == nil {
-		out = first // closed meanwhile; its Force admits as closed
-	}
-	if out == nil {
+	var p breaker.Permit
+	tg, admitted := r.choose(rt, func(tg *target) bool {
+		var ok bool
+		p, ok = tg.breaker.Allow()
+		return ok
+	})
+	if tg == nil {
 		return nil, breaker.Permit{}, false
 	}
-	return out, out.breaker.Force(), true
+	if !admitted {
+		p = tg.breaker.Force() // closed meanwhile, its Force admits as closed
+	}
+	return tg, p, true
 }
 
 // peek returns the target pick would give the call's next attempt were it
@@ -147,6 +135,14 @@ func (r *router) pick(rt *route) (*target, breaker.Permit, bool) {
 // retry is going before its wait. (A half-open target whose probe is out
 // is taken as admitting; pick, after the wait, has the last word.)
 func (r *router) peek(rt *route) *target {
+	tg, _ := r.choose(rt, func(tg *target) bool { return tg.breaker.State() != breaker.Open })
+	return tg
+}
+
+// choose returns the first eligible target that admits accepts, and
+// true; else the eligible one out longest (the first eligible if none is
+// out, one closed meanwhile), and false; nil if none is eligible.
+func (r *router) choose(rt *route, admits func(*target) bool) (*target, bool) {
 	var (
 		first, out *target
 		outSince   time.Time
@@ -155,8 +151,8 @@ func (r *router) peek(rt *route) *target {
 		if !rt.eligible(tg) {
 			continue
 		}
-		if tg.breaker.State() != breaker.Open {
-			return tg
+		if admits(tg) {
+			return tg, true
 		}
 		if first == nil {
 			first = tg
@@ -166,9 +162,9 @@ func (r *router) peek(rt *route) *target {
 		}
 	}
 	if out == nil {
-		return first
+		return first, false
 	}
-	return out
+	return out, false
 }
 
 // record learns from an attempt's outcome at tg, releasing its permit: an
