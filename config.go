@@ -4,12 +4,13 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"math"
 	"net"
 	"net/http"
 	"net/url"
 	"os"
-	"sort"
+	"slices"
 	"strings"
 	"time"
 	"unicode"
@@ -639,7 +640,7 @@ func resolve(cfg Config) (resolved, error) {
 	case cfg.AdaptiveCeiling > 0 && cfg.MaxConcurrent > 0:
 		cfg.AdaptiveCeiling = min(cfg.AdaptiveCeiling, cfg.MaxConcurrent)
 	}
-	for _, name := range sortedKeys(cfg.Prices) {
+	for _, name := range slices.Sorted(maps.Keys(cfg.Prices)) {
 		pr := cfg.Prices[name]
 		for _, f := range []struct {
 			field string
@@ -666,15 +667,6 @@ func resolve(cfg Config) (resolved, error) {
 // maxBudget is the largest budget accepted, in US dollars: budgets are
 // kept in picodollars in an int64.
 const maxBudget = 1e6
-
-func sortedKeys(p Prices) []string {
-	keys := make([]string, 0, len(p))
-	for k := range p {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	return keys
-}
 
 // watchdogLimit resolves a watchdog's timeout: 0 is the default, a
 // negative value off (kept negative, so that a resolved Config prints what

@@ -5,8 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"math"
-	"sort"
+	"slices"
 	"strconv"
 	"strings"
 )
@@ -139,11 +140,7 @@ func LoadPrices(r io.Reader) (Prices, error) {
 	if _, err := dec.Token(); err != io.EOF {
 		return nil, errors.New("llmdrain: prices: more than one JSON value")
 	}
-	names := make([]string, 0, len(raw))
-	for name := range raw {
-		names = append(names, name)
-	}
-	sort.Strings(names) // errors name the same entry on every run
+	names := slices.Sorted(maps.Keys(raw)) // errors name the same entry on every run
 	p := make(Prices, len(raw))
 	aliases := map[string]Price{}
 	for _, name := range names {
