@@ -460,32 +460,15 @@ func modelOf(b []byte) (string, bool) {
 // the last) unescaped occurrence of key in b, nil if there is none or it
 // does not decode.
 func jsonValue(b []byte, key string, last bool) json.RawMessage {
-	k := []byte(key)
-	for rest := b; ; {
-		var i int
-		if last {
-			i = bytes.LastIndex(rest, k)
-		} else {
-			i = bytes.Index(rest, k)
-		}
-		if i < 0 {
-			return nil
-		}
-		if i > 0 && rest[i-1] == '\\' {
-			if last {
-				rest = rest[:i]
-			} else {
-				rest = rest[i+len(k):]
-			}
-			continue
-		}
-		var v json.RawMessage
-		dec := json.NewDecoder(bytes.NewReader(rest[i+len(k):]))
-		if dec.Decode(&v) != nil {
-			return nil
-		}
-		return v
+	i := keyAt(b, key, last)
+	if i < 0 {
+		return nil
 	}
+	var v json.RawMessage
+	if json.NewDecoder(bytes.NewReader(b[i:])).Decode(&v) != nil {
+		return nil
+	}
+	return v
 }
 
 // requestModel returns the model a JSON request body names, "" if none;
