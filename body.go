@@ -14,6 +14,8 @@ import (
 	"slices"
 	"strings"
 	"sync/atomic"
+
+	"github.com/llmdrain/llmdrain/internal/header"
 )
 
 // drainLimit bounds how much of a failed response is read before retrying,
@@ -208,7 +210,7 @@ func (b *notStreamBody) Read([]byte) (int, error) {
 func (b *notStreamBody) Close() error { return b.rc.Close() }
 
 func isSSE(resp *http.Response) bool {
-	return strings.HasPrefix(resp.Header.Get("Content-Type"), "text/event-stream")
+	return strings.HasPrefix(header.Value(resp.Header, "Content-Type"), "text/event-stream")
 }
 
 // endsWithDone reports whether a streaming endpoint terminates its stream

@@ -15,6 +15,7 @@ import (
 	"github.com/cenkalti/backoff/v4"
 	"golang.org/x/sync/semaphore"
 
+	"github.com/llmdrain/llmdrain/internal/header"
 	"github.com/llmdrain/llmdrain/internal/watchdog"
 )
 
@@ -80,7 +81,7 @@ func (t *transport) begin(req *http.Request) (*call, error) {
 	c := &call{t: t, req: req}
 	// go-openai asks for an event stream on its streaming endpoints, and
 	// for JSON where it decodes the body whole.
-	accept := req.Header.Get("Accept")
+	accept := header.Value(req.Header, "Accept")
 	c.stream = strings.Contains(accept, "text/event-stream")
 	c.jsonCall = !c.stream && strings.Contains(accept, "application/json")
 	if t.hooks != nil {
@@ -154,7 +155,7 @@ func (c *call) observe() {
 	c.obs = newCallObs(c.t.hooks, req, c.stream, c.t.router.targets[0].base)
 	c.obs.cost = c.t.cost
 	c.obs.free = req.Method == http.MethodGet || req.Method == http.MethodHead || req.Method == http.MethodDelete
-	if req.Method == http.MethodPost && req.GetBody != nil && strings.HasPrefix(req.Header.Get("Content-Type"), "application/json") {
+	if req.Method == http.MethodPost && req.GetBody != nil && strings.HasPrefix(header.Value(req.Header, "Content-Type"), "application/json") {
 		if rc, err := req.GetBody(); err == nil {
 			raw, err := readBody(rc, req.ContentLength)
 			rc.Close()
@@ -668,7 +669,7 @@ func (c *call) prepare(ctx context.Context, tg *target) *http.Request {
 func (c *call) withModel(areq *http.Request, model string) {
 	if c.req.Method != http.MethodPost || c.getBody == nil ||
 		!(strings.HasSuffix(c.req.URL.Path, "/chat/completions") || strings.HasSuffix(c.req.URL.Path, "/completions")) ||
-		!strings.HasPrefix(c.req.Header.Get("Content-Type"), "application/json") {
+		!strings.HasPrefix(header.Value(c.req.Header, "Content-Type"), "application/json") {
 		return
 	}
 	if c.raw == nil {

@@ -82,7 +82,7 @@ func (g *keyGuard) RoundTrip(req *http.Request) (*http.Response, error) {
 // same test the transport's atEndpoint makes before it adds the key.
 func (g *keyGuard) isPlainHost(host string) bool {
 	for _, h := range g.plainHosts {
-		if strings.EqualFold(host, h) {
+		if host == h || strings.EqualFold(host, h) {
 			return true
 		}
 	}

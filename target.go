@@ -79,7 +79,8 @@ type origin struct{ scheme, host string }
 
 // at reports whether u is at o: the same scheme and host.
 func (o origin) at(u *url.URL) bool {
-	return strings.EqualFold(u.Scheme, o.scheme) && strings.EqualFold(u.Host, o.host)
+	// == first: the same spelling, nearly always, is a byte compare.
+	return (u.Scheme == o.scheme || strings.EqualFold(u.Scheme, o.scheme)) && (u.Host == o.host || strings.EqualFold(u.Host, o.host))
 }
 
 // router picks the target of each attempt and learns from the outcomes:

@@ -22,6 +22,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/llmdrain/llmdrain/internal/header"
 )
 
 // Pacer is one target's pacing. A nil *Pacer paces nothing. Safe for
@@ -304,11 +306,11 @@ type told struct {
 // readTold reads one axis's headers from h. An absent header is checked
 // for before parsing, so an answer without them costs no error value.
 func readTold(h http.Header, k headerKeys) told {
-	l := headerValue(h, k.limit)
+	l := header.Value(h, k.limit)
 	if l == "" {
 		return told{}
 	}
-	r := headerValue(h, k.remaining)
+	r := header.Value(h, k.remaining)
 	if r == "" {
 		return told{}
 	}
@@ -320,16 +322,8 @@ func readTold(h http.Header, k headerKeys) told {
 	if err != nil {
 		return told{}
 	}
-	reset, _ := ParseReset(headerValue(h, k.reset)) // 0 if absent or unreadable
+	reset, _ := ParseReset(header.Value(h, k.reset)) // 0 if absent or unreadable
 	return told{limit: limit, remaining: remaining, reset: reset, ok: true}
-}
-
-// headerValue is h.Get for a key already in canonical form.
-func headerValue(h http.Header, key string) string {
-	if v := h[key]; len(v) > 0 {
-		return v[0]
-	}
-	return ""
 }
 
 // observe takes what an answer to t's attempt told of the axis, if newer

@@ -12,7 +12,7 @@ type clock struct{ t time.Time }
 
 func (c *clock) now() time.Time { return c.t }
 
-func header(limitR, remR int, resetR string, limitT, remT int, resetT string) http.Header {
+func rateHeaders(limitR, remR int, resetR string, limitT, remT int, resetT string) http.Header {
 	h := http.Header{}
 	if limitR > 0 {
 		h.Set("x-ratelimit-limit-requests", strconv.Itoa(limitR))
@@ -72,7 +72,7 @@ func TestRequestsSpacedAtTheRefillRate(t *testing.T) {
 	p := New(c.now)
 	tk, _ := p.Reserve(0)
 	// 60 per minute, 2 left after this one: one refills per second.
-	p.Observe(tk, header(60, 2, "58s", 0, 0, ""))
+	p.Observe(tk, rateHeaders(60, 2, "58s", 0, 0, ""))
 	for i := range 2 {
 		if _, w := p.Reserve(0); w != 0 {
 			t.Fatalf("attempt %d held with requests remaining", i+1)
@@ -100,13 +100,13 @@ func TestPeriodFromReset(t *testing.T) {
 	p := New(c.now)
 	tk, _ := p.Reserve(0)
 	// 100 per 2 s: 50 missing refill in 1 s.
-	p.Observe(tk, header(100, 50, "1s", 0, 0, ""))
+	p.Observe(tk, rateHeaders(100, 50, "1s", 0, 0, ""))
 	if _, _, period, _ := p.Limit(); period != 2*time.Second {
 		t.Fatalf("period %v, want 2s", period)
 	}
 	// A slightly different figure keeps the period steady.
 	tk, _ = p.Reserve(0)
-	p.Observe(tk, header(100, 50, "1.1s", 0, 0, ""))
+	p.Observe(tk, rateHeaders(100, 50, "1.1s", 0, 0, ""))
 	if _, _, period, _ := p.Limit(); period != 2*time.Second {
 		t.Fatalf("period moved to %v on a 10%% difference", period)
 	}
@@ -122,7 +122,7 @@ func TestTokensEstimatedAndCorrected(t *testing.T) {
 		t.Fatalf("Estimate with no max_tokens = %d, want %d", got, initialCompletion)
 	}
 	tk, _ := p.Reserve(100)
-	p.Observe(tk, header(0, 0, "", 1000, 900, "6s")) // 1000 per minute
+	p.Observe(tk, rateHeaders(0, 0, "", 1000, 900, "6s")) // 1000 per minute
 	a, _ := p.Reserve(400)
 	b, _ := p.Reserve(400)
 	if _, w := p.Reserve(400); w == 0 {
@@ -136,8 +136,8 @@ func TestTokensEstimatedAndCorrected(t *testing.T) {
 		t.Fatalf("held %v after a correction freed the tokens", w)
 	}
 	// An answer older than the anchor does not move it.
-	p.Observe(tk, header(0, 0, "", 1000, 0, "1m0s"))
-	p.Observe(b, header(0, 0, "", 1000, 500, "30s"))
+	p.Observe(tk, rateHeaders(0, 0, "", 1000, 0, "1m0s"))
+	p.Observe(b, rateHeaders(0, 0, "", 1000, 500, "30s"))
 	if got := p.Estimate(0, 0); got >= initialCompletion {
 		t.Fatalf("completion estimate %d not corrected by usage", got)
 	}
@@ -147,7 +147,7 @@ func TestCancelGivesBack(t *testing.T) {
 	c := &clock{t: time.Unix(0, 0)}
 	p := New(c.now)
 	tk, _ := p.Reserve(0)
-	p.Observe(tk, header(60, 1, "59s", 0, 0, ""))
+	p.Observe(tk, rateHeaders(60, 1, "59s", 0, 0, ""))
 	a, w := p.Reserve(0)
 	if w != 0 {
 		t.Fatal("held with one remaining")
