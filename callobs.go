@@ -354,27 +354,30 @@ func (o *callObs) intern(b []byte) string {
 
 // keyAt returns the index just past the first (or, with last, the last)
 // occurrence of key in b that is not escaped (in a string), -1 if none.
+// The last is found searching forward: bytes.Index is vectorised, where
+// bytes.LastIndex hashes every byte, and an answer has few occurrences.
 func keyAt(b []byte, key string, last bool) int {
-	for rest, off := b, 0; ; {
-		var i int
-		if last {
-			i = bytes.LastIndex(rest, []byte(key))
-		} else {
-			i = bytes.Index(rest, []byte(key))
+	k := []byte(key)
+	found := -1
+	for off := 0; ; {
+		i := bytes.Index(b[off:], k)
+		if i < 0 {
+			break
 		}
-		switch {
-		case i < 0:
-			return -1
-		case i > 0 && rest[i-1] == '\\':
-			if last {
-				rest = rest[:i]
-			} else {
-				rest, off = rest[i+len(key):], off+i+len(key)
-			}
+		i += off
+		off = i + len(k)
+		if i > 0 && b[i-1] == '\\' {
 			continue
 		}
-		return skipJSONSpace(b, off+i+len(key))
+		found = off
+		if !last {
+			break
+		}
 	}
+	if found < 0 {
+		return -1
+	}
+	return skipJSONSpace(b, found)
 }
 
 // plainString returns the value of key in b if it is a string without

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"math/rand/v2"
 	"net/http"
 	"strings"
 	"sync"
@@ -549,6 +550,40 @@ func TestReadAnswer(t *testing.T) {
 	o.readAnswer([]byte(`{"usage":null,"model":"m"}`))
 	assert.False(t, o.usage.Known)
 	assert.Equal(t, "m", o.respModel)
+}
+
+// TestKeyAtFindsFirstAndLastUnescaped checks keyAt against a direct
+// reading of its contract on random documents made of the key, its
+// escaped form, spaces and other bytes: the index past the first (or the
+// last) occurrence not preceded by a backslash, spaces skipped.
+func TestKeyAtFindsFirstAndLastUnescaped(t *testing.T) {
+	const key = `"usage":`
+	parts := []string{key, `\` + key, " ", "\n", "x", `"`, `\\`, "{", "usage", `"usage"`}
+	rng := rand.New(rand.NewPCG(1, 2))
+	for range 5000 {
+		var b []byte
+		for range rng.IntN(12) {
+			b = append(b, parts[rng.IntN(len(parts))]...)
+		}
+		for _, last := range []bool{false, true} {
+			want := -1
+			for i := 0; i+len(key) <= len(b); i++ {
+				if string(b[i:i+len(key)]) != key || i > 0 && b[i-1] == '\\' {
+					continue
+				}
+				want = i + len(key)
+				if !last {
+					break
+				}
+			}
+			if want >= 0 {
+				want = skipJSONSpace(b, want)
+			}
+			if got := keyAt(b, key, last); got != want {
+				t.Fatalf("keyAt(%q, last=%v) = %d, want %d", b, last, got, want)
+			}
+		}
+	}
 }
 
 func TestRequestModelAndIncludeUsage(t *testing.T) {
