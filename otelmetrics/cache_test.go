@@ -110,7 +110,7 @@ func TestCachedSetsBounded(t *testing.T) {
 	assert.Equal(t, max, entries(&r.other))
 
 	// A combination kept is found again: the same options, not a copy.
-	k := callKey{operation: string(llmdrain.OpChat), requestModel: "kept", startTarget: "https://a.example.com/v1", target: "https://a.example.com/v1"}
+	k := callKey{operation: string(llmdrain.OpChat), requestModel: "kept", target: "https://a.example.com/v1"}
 	r2, err := newHooks(mp, max)
 	require.NoError(t, err)
 	first := r2.callAttrs(k)
@@ -119,4 +119,54 @@ func TestCachedSetsBounded(t *testing.T) {
 	r3, err := newHooks(mp, 0)
 	require.NoError(t, err)
 	assert.NotSame(t, r3.callAttrs(k), r3.callAttrs(k))
+}
+
+// Past their bound, the observable counts go to one series marked
+// otel.metric.overflow, and nothing is lost: the attempts add up, and the
+// calls in flight, counted there too, come back to 0 there, where they are
+// still reported.
+func TestCountsPastTheBoundOverflow(t *testing.T) {
+	reader := sdkmetric.NewManualReader()
+	mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader))
+	t.Cleanup(func() { _ = mp.Shutdown(context.Background()) })
+	r, err := newHooks(mp, MaxCachedSets)
+	require.NoError(t, err)
+	r.inFlightN.init(4)
+	r.attemptN.init(4)
+	h := r.hooks()
+	const calls = 10
+	var starts []llmdrain.CallStartInfo
+	for m := range calls {
+		start := llmdrain.CallStartInfo{Operation: llmdrain.OpChat, Model: fmt.Sprintf("model-%d", m), Target: "https://a.example.com/v1"}
+		starts = append(starts, start)
+		h.CallStart(start)
+		h.AttemptDone(llmdrain.AttemptInfo{Target: start.Target, Attempt: 1, Status: 500, Outcome: "failed", Reason: fmt.Sprintf("reason-%d", m)})
+	}
+	collect := func() (inFlight, attempts map[bool][]int64) {
+		var rm metricdata.ResourceMetrics
+		require.NoError(t, reader.Collect(context.Background(), &rm))
+		inFlight, attempts = map[bool][]int64{}, map[bool][]int64{}
+		for _, m := range rm.ScopeMetrics[0].Metrics {
+			into := map[string]map[bool][]int64{"llmdrain.client.calls.in_flight": inFlight, "llmdrain.client.attempts": attempts}[m.Name]
+			if into == nil {
+				continue
+			}
+			for _, dp := range m.Data.(metricdata.Sum[int64]).DataPoints {
+				_, over := dp.Attributes.Value(overflowKey)
+				into[over] = append(into[over], dp.Value)
+			}
+		}
+		return inFlight, attempts
+	}
+	inFlight, attempts := collect()
+	assert.Equal(t, []int64{1, 1, 1, 1}, inFlight[false])
+	assert.Equal(t, []int64{calls - 4}, inFlight[true], "the rest in the overflow series")
+	assert.Equal(t, []int64{1, 1, 1, 1}, attempts[false])
+	assert.Equal(t, []int64{calls - 4}, attempts[true])
+	for _, start := range starts {
+		h.CallDone(llmdrain.CallDoneInfo{CallStartInfo: start, Target: start.Target, Attempts: 1})
+	}
+	inFlight, _ = collect()
+	assert.Equal(t, []int64{0, 0, 0, 0}, inFlight[false])
+	assert.Equal(t, []int64{0}, inFlight[true], "back to 0, and still reported")
 }

@@ -14,7 +14,11 @@
 // names follow Prometheus' conventions: gen_ai_client_operation_duration_seconds,
 // gen_ai_client_token_usage, llmdrain_client_calls_in_flight and so on.
 //
-// The instruments, all synchronous, recorded from the hooks:
+// The instruments, recorded from the hooks. The two counted on every call,
+// in flight and attempts, are observable: counted in atomics and read when
+// a reader collects: an atomic add per call, where a synchronous
+// measurement costs the SDK some 3,000 instructions, most of them walking
+// the attribute set. The others are synchronous:
 //
 //	gen_ai.client.operation.duration              histogram, s: every call, retries and waits included
 //	gen_ai.client.token.usage                     histogram, {token}: per call whose answer carried usage, by gen_ai.token.type (input, output)
@@ -125,7 +129,11 @@ var ErrEmptyProviderName = errors.New("otelmetrics: WithProviderName: empty prov
 // when nil) and returns the Hooks that record them, for Config.Hooks. The
 // Hooks may be shared by several clients. Recording never blocks and
 // allocates only for an attribute combination not seen before, or, once
-// MaxCachedSets combinations have been, for every one not among them.
+// MaxCachedSets combinations have been, for every one not among them. The
+// observable instruments (calls in flight, attempts) keep one count per
+// attribute set, up to 2000 each, the SDK's default cardinality limit;
+// past them they count in one series marked otel.metric.overflow=true, as
+// the SDK does past its limit.
 func New(mp metric.MeterProvider, opts ...Option) (*llmdrain.Hooks, error) {
 	r, err := newHooks(mp, MaxCachedSets, opts...)
 	if err != nil {
@@ -179,8 +187,8 @@ type recorder struct {
 	duration    metric.Float64Histogram
 	tokens      metric.Int64Histogram
 	firstChunk  metric.Float64Histogram
-	inFlight    metric.Int64UpDownCounter
-	attempts    metric.Int64Counter
+	inFlight    metric.Int64ObservableUpDownCounter
+	attempts    metric.Int64ObservableCounter
 	retries     metric.Int64Counter
 	waits       metric.Float64Histogram
 	drains      metric.Float64Histogram
@@ -195,6 +203,10 @@ type recorder struct {
 
 	calls cache[callKey, *callAttrs]
 	other cache[otherKey, *attrs]
+
+	// The observable instruments' counts, by attribute set.
+	inFlightN counts[startKey]
+	attemptN  counts[otherKey]
 }
 
 // cache maps attribute combinations to their ready-made sets, up to max
@@ -218,8 +230,9 @@ func (c *cache[K, V]) load(k K) (V, bool) {
 }
 
 // store keeps v for k unless the cache is full, and returns the value kept
-// for k: v, or the one another goroutine stored first.
-func (c *cache[K, V]) store(k K, v V) V {
+// for k: v, or the one another goroutine stored first; false when the
+// cache is full and v was not kept.
+func (c *cache[K, V]) store(k K, v V) (V, bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	var old map[K]V
@@ -227,10 +240,10 @@ func (c *cache[K, V]) store(k K, v V) V {
 		old = *m
 	}
 	if prev, ok := old[k]; ok {
-		return prev
+		return prev, true
 	}
 	if len(old) >= c.max {
-		return v
+		return v, false
 	}
 	m := make(map[K]V, len(old)+1)
 	for ok, ov := range old {
@@ -238,7 +251,71 @@ func (c *cache[K, V]) store(k K, v V) V {
 	}
 	m[k] = v
 	c.m.Store(&m)
-	return v
+	return v, true
+}
+
+// counts are the counts of an observable instrument by attribute set,
+// counted with an atomic add and read when the instrument is collected:
+// a synchronous instrument's measurement costs the SDK a walk over its
+// set's attributes on every call. A set is added at its first count, up
+// to max sets; past them the counts go to one set, otel.metric.overflow,
+// as the SDK does past its cardinality limit (2000 series by default).
+type counts[K comparable] struct {
+	sets     cache[K, *count]
+	overflow count
+	// overflowed is set at the overflow's first count: from then on it
+	// is observed, at 0 too, as the other sets are.
+	overflowed atomic.Bool
+}
+
+// count is one attribute set's count.
+type count struct {
+	n    atomic.Int64
+	opts []metric.ObserveOption
+}
+
+// countsPerInstrument bounds the sets of each observable instrument: the
+// SDK's default cardinality limit, so that with the SDK's defaults the
+// instrument keeps the series a synchronous one would.
+const countsPerInstrument = 2000
+
+// overflowKey marks the series of the counts past the bound, as the SDK
+// names its own.
+var overflowKey = attribute.Key("otel.metric.overflow")
+
+// init readies c, keeping up to max sets.
+func (c *counts[K]) init(max int) {
+	c.sets.max = max
+	c.overflow.opts = observeOpts(overflowKey.Bool(true))
+}
+
+func observeOpts(kvs ...attribute.KeyValue) []metric.ObserveOption {
+	return []metric.ObserveOption{metric.WithAttributeSet(attribute.NewSet(slices.Clone(kvs)...))}
+}
+
+// of returns k's count, made of the attributes kvs returns if it is new.
+func (c *counts[K]) of(k K, kvs func() []attribute.KeyValue) *count {
+	if n, ok := c.sets.load(k); ok {
+		return n
+	}
+	n, kept := c.sets.store(k, &count{opts: observeOpts(kvs()...)})
+	if !kept {
+		c.overflowed.Store(true)
+		return &c.overflow
+	}
+	return n
+}
+
+// observe reports every count to o as inst's.
+func (c *counts[K]) observe(o metric.Observer, inst metric.Int64Observable) {
+	if m := c.sets.m.Load(); m != nil {
+		for _, n := range *m {
+			o.ObserveInt64(inst, n.n.Load(), n.opts...)
+		}
+	}
+	if c.overflowed.Load() {
+		o.ObserveInt64(inst, c.overflow.n.Load(), c.overflow.opts...)
+	}
 }
 
 func newRecorder(m metric.Meter, o options, maxCached int) (*recorder, error) {
@@ -247,6 +324,8 @@ func newRecorder(m metric.Meter, o options, maxCached int) (*recorder, error) {
 		noAttrs:  newAttrs(),
 	}
 	r.calls.max, r.other.max = maxCached, maxCached
+	r.inFlightN.init(countsPerInstrument)
+	r.attemptN.init(countsPerInstrument)
 	var errs []error
 	check := func(err error) {
 		errs = append(errs, err)
@@ -262,10 +341,10 @@ func newRecorder(m metric.Meter, o options, maxCached int) (*recorder, error) {
 		metric.WithDescription("Time to receive the first chunk of a streamed answer, from the request's start."),
 		metric.WithExplicitBucketBoundaries(DurationBuckets...))
 	check(err)
-	r.inFlight, err = m.Int64UpDownCounter("llmdrain.client.calls.in_flight", metric.WithUnit("{call}"),
+	r.inFlight, err = m.Int64ObservableUpDownCounter("llmdrain.client.calls.in_flight", metric.WithUnit("{call}"),
 		metric.WithDescription("Calls started and not yet done, streams until their body is."))
 	check(err)
-	r.attempts, err = m.Int64Counter("llmdrain.client.attempts", metric.WithUnit("{attempt}"),
+	r.attempts, err = m.Int64ObservableCounter("llmdrain.client.attempts", metric.WithUnit("{attempt}"),
 		metric.WithDescription("HTTP attempts of calls, by how the transport judged them."))
 	check(err)
 	r.retries, err = m.Int64Counter("llmdrain.client.retries", metric.WithUnit("{retry}"),
@@ -299,6 +378,15 @@ func newRecorder(m metric.Meter, o options, maxCached int) (*recorder, error) {
 	if err := errors.Join(errs...); err != nil {
 		return nil, fmt.Errorf("otelmetrics: creating the instruments: %w", err)
 	}
+	// Never unregistered: like the synchronous instruments, the callback
+	// lives as long as the MeterProvider.
+	if _, err := m.RegisterCallback(func(_ context.Context, o metric.Observer) error {
+		r.inFlightN.observe(o, r.inFlight)
+		r.attemptN.observe(o, r.attempts)
+		return nil
+	}, r.inFlight, r.attempts); err != nil {
+		return nil, fmt.Errorf("otelmetrics: registering the observable instruments: %w", err)
+	}
 	return r, nil
 }
 
@@ -319,31 +407,48 @@ func with(kvs []attribute.KeyValue, more ...attribute.KeyValue) []attribute.KeyV
 	return append(slices.Clip(kvs), more...)
 }
 
-// callKey is what a call's attributes are made of: startTarget is the
-// target at its start, for the in-flight count, target the one that
-// answered, for the rest.
+// callKey is what a call's attributes are made of, target the one that
+// answered.
 type callKey struct {
-	operation, requestModel, responseModel, startTarget, target, errorType string
+	operation, requestModel, responseModel, target, errorType string
 }
 
 // callAttrs are the attribute sets of calls sharing a callKey: the
-// duration's (with error.type), the in-flight count's (what is known at
-// the start only), the token usage's, one per token type, and the cost's
-// (the token usage's without a type).
+// duration's (with error.type), the token usage's, one per token type, and
+// the cost's (the token usage's without a type).
 type callAttrs struct {
-	duration, start, input, output, cost *attrs
+	duration, input, output, cost *attrs
+}
+
+// startKey is what the in-flight count's attributes are made of: what is
+// known at a call's start.
+type startKey struct {
+	operation, requestModel, target string
+}
+
+// startAttrs are the attributes of calls that start as k says.
+func (r *recorder) startAttrs(k startKey) []attribute.KeyValue {
+	kvs := []attribute.KeyValue{operationNameKey.String(k.operation), r.provider}
+	if k.requestModel != "" {
+		kvs = append(kvs, requestModelKey.String(k.requestModel))
+	}
+	return append(kvs, server(k.target)...)
+}
+
+// inFlightOf returns the in-flight count of calls that start as k says.
+func (r *recorder) inFlightOf(k startKey) *count {
+	return r.inFlightN.of(k, func() []attribute.KeyValue { return r.startAttrs(k) })
 }
 
 func (r *recorder) callAttrs(k callKey) *callAttrs {
 	if a, ok := r.calls.load(k); ok {
 		return a
 	}
-	start := []attribute.KeyValue{operationNameKey.String(k.operation), r.provider}
+	done := []attribute.KeyValue{operationNameKey.String(k.operation), r.provider}
 	if k.requestModel != "" {
-		start = append(start, requestModelKey.String(k.requestModel))
+		done = append(done, requestModelKey.String(k.requestModel))
 	}
-	done := with(start, server(k.target)...)
-	start = append(start, server(k.startTarget)...)
+	done = append(done, server(k.target)...)
 	if k.responseModel != "" {
 		done = with(done, responseModelKey.String(k.responseModel))
 	}
@@ -352,13 +457,13 @@ func (r *recorder) callAttrs(k callKey) *callAttrs {
 		errorType = with(done, errorTypeKey.String(k.errorType))
 	}
 	a := &callAttrs{
-		start:    newAttrs(start...),
 		duration: newAttrs(errorType...),
 		input:    newAttrs(with(done, tokenTypeKey.String("input"))...),
 		output:   newAttrs(with(done, tokenTypeKey.String("output"))...),
 		cost:     newAttrs(done...),
 	}
-	return r.calls.store(k, a)
+	a, _ = r.calls.store(k, a)
+	return a
 }
 
 // otherKey is what the attributes of attempts, waits and targets are made
@@ -382,6 +487,12 @@ func (r *recorder) otherAttrs(k otherKey) *attrs {
 	if a, ok := r.other.load(k); ok {
 		return a
 	}
+	a, _ := r.other.store(k, newAttrs(r.otherKVs(k)...))
+	return a
+}
+
+// otherKVs are the attributes k is made of.
+func (r *recorder) otherKVs(k otherKey) []attribute.KeyValue {
 	kvs := server(k.target)
 	switch k.kind {
 	case kindAttempt:
@@ -398,7 +509,7 @@ func (r *recorder) otherAttrs(k otherKey) *attrs {
 	case kindDrain:
 		kvs = append(kvs, DrainForcedKey.Bool(k.a == "true"))
 	}
-	return r.other.store(k, newAttrs(kvs...))
+	return kvs
 }
 
 // server is server.address and server.port of a target's base URL; none
@@ -426,8 +537,7 @@ func server(target string) []attribute.KeyValue {
 var bg = context.Background()
 
 func (r *recorder) callStart(i llmdrain.CallStartInfo) {
-	a := r.callAttrs(callKey{operation: i.Operation, requestModel: i.Model, startTarget: i.Target, target: i.Target})
-	r.inFlight.Add(bg, 1, a.start.add...)
+	r.inFlightOf(startKey{i.Operation, i.Model, i.Target}).n.Add(1)
 }
 
 func (r *recorder) callDone(i llmdrain.CallDoneInfo) {
@@ -436,10 +546,10 @@ func (r *recorder) callDone(i llmdrain.CallDoneInfo) {
 	if target == "" {
 		target = start.Target
 	}
-	a := r.callAttrs(callKey{operation: start.Operation, requestModel: start.Model, responseModel: i.ResponseModel,
-		startTarget: start.Target, target: target, errorType: i.ErrorType})
 	// Undo the start's +1 with the start's attributes.
-	r.inFlight.Add(bg, -1, a.start.add...)
+	r.inFlightOf(startKey{start.Operation, start.Model, start.Target}).n.Add(-1)
+	a := r.callAttrs(callKey{operation: start.Operation, requestModel: start.Model, responseModel: i.ResponseModel,
+		target: target, errorType: i.ErrorType})
 	r.duration.Record(bg, i.Duration.Seconds(), a.duration.record...)
 	if i.Stream && i.TimeToFirstChunk > 0 {
 		r.firstChunk.Record(bg, i.TimeToFirstChunk.Seconds(), a.duration.record...)
@@ -463,7 +573,8 @@ func (r *recorder) callDone(i llmdrain.CallDoneInfo) {
 const budgetExceeded = "budget_exceeded"
 
 func (r *recorder) attemptDone(i llmdrain.AttemptInfo) {
-	r.attempts.Add(bg, 1, r.otherAttrs(otherKey{kind: kindAttempt, target: i.Target, a: i.Outcome, b: i.Reason}).add...)
+	k := otherKey{kind: kindAttempt, target: i.Target, a: i.Outcome, b: i.Reason}
+	r.attemptN.of(k, func() []attribute.KeyValue { return r.otherKVs(k) }).n.Add(1)
 	if i.Retry {
 		reason := i.Reason
 		if reason == "" {
