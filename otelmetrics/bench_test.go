@@ -2,6 +2,7 @@ package otelmetrics_test
 
 import (
 	"context"
+	"net/http"
 	"testing"
 
 	openai "github.com/sashabaranov/go-openai"
@@ -16,7 +17,8 @@ import (
 // go-openai, through llmdrain with no Hooks, and through llmdrain with
 // the metrics recorded into an SDK MeterProvider: run them in one go test
 // -bench and compare their ns/op and allocs/op (the server's share is the
-// same for all three). It loops b.N times, so that counting instructions
+// same for all three). Each client has a pool of its own, a clone of
+// net/http's default transport, as in the bench program. It loops b.N times, so that counting instructions
 // at two values of -benchtime=Nx gives the cost of one call.
 func BenchmarkCall(b *testing.B) {
 	srv := llmtest.NewServer()
@@ -38,9 +40,15 @@ func BenchmarkCall(b *testing.B) {
 			}
 		}
 	}
+	pool := func(b *testing.B) *http.Client {
+		tr := http.DefaultTransport.(*http.Transport).Clone()
+		b.Cleanup(tr.CloseIdleConnections)
+		return &http.Client{Transport: tr}
+	}
 	b.Run("gopenai", func(b *testing.B) {
 		cfg := openai.DefaultConfig("sk-bench")
 		cfg.BaseURL = srv.URL
+		cfg.HTTPClient = pool(b)
 		run(b, openai.NewClientWithConfig(cfg).CreateChatCompletion)
 	})
 	for _, bc := range []struct {
@@ -48,7 +56,7 @@ func BenchmarkCall(b *testing.B) {
 		hooks *llmdrain.Hooks
 	}{{"hooks=nil", nil}, {"otelmetrics", hooks}} {
 		b.Run(bc.name, func(b *testing.B) {
-			c, err := llmdrain.New(llmdrain.Config{APIKey: "sk-bench", BaseURL: srv.URL, Hooks: bc.hooks})
+			c, err := llmdrain.New(llmdrain.Config{APIKey: "sk-bench", BaseURL: srv.URL, Hooks: bc.hooks, HTTPClient: pool(b)})
 			if err != nil {
 				b.Fatal(err)
 			}
