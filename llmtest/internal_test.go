@@ -122,3 +122,24 @@ func TestFaultWithHeaderCopies(t *testing.T) {
 	assert.Equal(t, "1", derived.header.Get("A"))
 	assert.Equal(t, "2", derived.header.Get("B"))
 }
+
+// A prompt's history holds at most twice HistoryLimit exchanges, however
+// many are recorded, and History gives the last HistoryLimit in order.
+func TestRememberBoundsAPromptsHistory(t *testing.T) {
+	s := &Server{history: make(map[string][]Exchange)}
+	for i := range 5*HistoryLimit + 3 {
+		s.remember("p", Exchange{Status: i})
+		if n := len(s.history["p"]); n >= 2*HistoryLimit {
+			t.Fatalf("after %d exchanges the history holds %d", i+1, n)
+		}
+	}
+	h := s.History("p")
+	if len(h) != HistoryLimit {
+		t.Fatalf("History gave %d exchanges, want %d", len(h), HistoryLimit)
+	}
+	for i, e := range h {
+		if want := 4*HistoryLimit + 3 + i; e.Status != want {
+			t.Fatalf("exchange %d is number %d, want %d", i, e.Status, want)
+		}
+	}
+}

@@ -196,7 +196,7 @@ func (s *Server) record(req openai.ChatCompletionRequest, f Fault) Fault {
 		s.stats.Streams++
 	}
 	prompt := lastUserMessage(req)
-	s.history[prompt] = append(s.history[prompt], f.exchange(now))
+	s.remember(prompt, f.exchange(now))
 	return f
 }
 

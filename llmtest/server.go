@@ -292,7 +292,7 @@ func (s *Server) nextFault(prompt string, stream bool) Fault {
 	if !f.succeeds() {
 		s.stats.Faults++
 	}
-	s.history[prompt] = append(s.history[prompt], f.exchange(now))
+	s.remember(prompt, f.exchange(now))
 	return f
 }
 

@@ -140,9 +140,30 @@ func (e Exchange) String() string {
 // answer the server chose for it. A client that gives up on a prompt can be
 // explained from it: how many attempts it made, what each got, and how long
 // it waited between them. Requests the server rejected by itself (401,
-// 400, 413) are not recorded.
+// 400, 413) are not recorded. Of a prompt sent more than HistoryLimit
+// times, only the last HistoryLimit are kept, so that a server that runs
+// long (a demo, a benchmark) does not grow without end; Stats and
+// Completed count every request.
 func (s *Server) History(prompt string) []Exchange {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return slices.Clone(s.history[prompt])
+	h := s.history[prompt]
+	return slices.Clone(h[max(0, len(h)-HistoryLimit):])
+}
+
+// HistoryLimit is how many exchanges History keeps of each prompt: the
+// last ones.
+const HistoryLimit = 1000
+
+// remember appends e to prompt's history. Past HistoryLimit the oldest are
+// dropped, HistoryLimit at a time, so that an append stays O(1) on average
+// and a prompt holds at most twice HistoryLimit. s.mu must be held.
+func (s *Server) remember(prompt string, e Exchange) {
+	h := append(s.history[prompt], e)
+	if len(h) >= 2*HistoryLimit {
+		n := copy(h, h[len(h)-HistoryLimit:])
+		clear(h[n:]) // no strings kept alive past the end
+		h = h[:n]
+	}
+	s.history[prompt] = h
 }

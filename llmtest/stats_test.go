@@ -240,3 +240,51 @@ func TestHistoryRecordsEachAnswerPerPrompt(t *testing.T) {
 	require.Error(t, err)
 	assert.Len(t, srv.History("again"), 4)
 }
+
+func TestHistoryKeepsTheLastOfEachPrompt(t *testing.T) {
+	srv := newServer(t)
+	client := newClient(t, srv)
+	ctx := testContext(t)
+
+	// The first exchange, told apart by its status, is the one dropped;
+	// the last, likewise, is kept last.
+	srv.Script(llmtest.Status(http.StatusServiceUnavailable))
+	_, err := client.CreateChatCompletion(ctx, chatRequest("often"))
+	require.Error(t, err)
+	const bulk = 2*llmtest.HistoryLimit + 10
+	var wg sync.WaitGroup
+	errs := make(chan error, bulk)
+	work := make(chan struct{}, bulk)
+	for range bulk {
+		work <- struct{}{}
+	}
+	close(work)
+	for range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for range work {
+				if _, err := client.CreateChatCompletion(ctx, chatRequest("often")); err != nil {
+					errs <- err
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		require.NoError(t, err)
+	}
+	srv.Script(llmtest.Status(http.StatusBadGateway))
+	_, err = client.CreateChatCompletion(ctx, chatRequest("often"))
+	require.Error(t, err)
+
+	h := srv.History("often")
+	require.Len(t, h, llmtest.HistoryLimit)
+	for i, e := range h[:len(h)-1] {
+		require.Equal(t, "200", e.String(), "exchange %d", i)
+	}
+	assert.Equal(t, "502 (status 502)", h[len(h)-1].String())
+	assert.Equal(t, bulk+2, srv.Stats().Requests, "Stats counts every request")
+	assert.Equal(t, bulk, srv.Completed("often"))
+}
