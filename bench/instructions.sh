@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # Counts the CPU instructions one call costs, under valgrind's callgrind,
-# for the happy path's clients: bare go-openai, llmdrain without hooks, and
+# for the happy path's clients: bare go-openai, bare go-openai with each
+# call under a cancellable context of its own (the floor of any client that
+# can cancel calls in flight), llmdrain without hooks (with its defaults,
+# and with the per-attempt bounds that can be turned off turned off), and
 # llmdrain with the otelmetrics module's metrics on, each a whole call over
 # a loopback socket to an in-process llmtest server (the server's share is
 # the same for all), then the same clients without the socket
@@ -16,7 +19,7 @@
 # One call's count is the difference between runs of N2 and N1 calls,
 # divided by N2-N1, so that start-up and warm-up cancel out.
 #
-# Usage: bench/instructions.sh [N1 N2]   (needs valgrind; about three minutes)
+# Usage: bench/instructions.sh [N1 N2]   (needs valgrind; about four minutes)
 # Run one at a time: two callgrind runs of Go side by side fail here.
 set -euo pipefail
 shopt -s inherit_errexit
@@ -72,7 +75,9 @@ report() {
 
 report "Whole call over a loopback socket, server included (otelmetrics BenchmarkCall)" \
   "$tmp/otelmetrics.test" 'BenchmarkCall/^gopenai$' \
+  "floor: bare go-openai, each call under a cancellable context" 'BenchmarkCall/^gopenai-cancellable$' \
   "llmdrain, hooks nil" 'BenchmarkCall/^hooks=nil$' \
+  "llmdrain, hooks nil, per-attempt bounds off" 'BenchmarkCall/^lean$' \
   "llmdrain, metrics on (otelmetrics)" 'BenchmarkCall/^otelmetrics$'
 report "Client alone, answered from memory (BenchmarkClientOverhead)" \
   "$tmp/llmdrain.test" 'BenchmarkClientOverhead$/^gopenai$' \

@@ -14,12 +14,16 @@ import (
 )
 
 // BenchmarkCall compares a plain call against llmtest through bare
-// go-openai, through llmdrain with no Hooks, and through llmdrain with
-// the metrics recorded into an SDK MeterProvider: run them in one go test
-// -bench and compare their ns/op and allocs/op (the server's share is the
-// same for all three). Each client has a pool of its own, a clone of
-// net/http's default transport, as in the bench program. It loops b.N times, so that counting instructions
-// at two values of -benchtime=Nx gives the cost of one call.
+// go-openai (under context.Background, and under a cancellable context
+// per call: the floor of any client that can cancel a call in flight),
+// through llmdrain with no Hooks (with its defaults, and "lean", with the
+// per-attempt bounds that can be turned off turned off), and through
+// llmdrain with the metrics recorded into an SDK MeterProvider: run them
+// in one go test -bench and compare their ns/op and allocs/op (the
+// server's share is the same for all). Each client has a pool of its
+// own, a clone of net/http's default transport, as in the bench program.
+// It loops b.N times, so that counting instructions at two values of
+// -benchtime=Nx gives the cost of one call (bench/instructions.sh).
 func BenchmarkCall(b *testing.B) {
 	srv := llmtest.NewServer()
 	defer srv.Close()
@@ -51,12 +55,31 @@ func BenchmarkCall(b *testing.B) {
 		cfg.HTTPClient = pool(b)
 		run(b, openai.NewClientWithConfig(cfg).CreateChatCompletion)
 	})
+	// The floor of any client that can cancel a call in flight: bare
+	// go-openai, each call under a context of its own, cancelled after.
+	b.Run("gopenai-cancellable", func(b *testing.B) {
+		cfg := openai.DefaultConfig("sk-bench")
+		cfg.BaseURL = srv.URL
+		cfg.HTTPClient = pool(b)
+		call := openai.NewClientWithConfig(cfg).CreateChatCompletion
+		run(b, func(ctx context.Context, req openai.ChatCompletionRequest) (openai.ChatCompletionResponse, error) {
+			ctx, cancel := context.WithCancel(ctx)
+			defer cancel()
+			return call(ctx, req)
+		})
+	})
+	// lean is hooks=nil with every per-attempt bound that can be turned
+	// off turned off: what those cost is its difference from hooks=nil.
+	lean := llmdrain.Config{FirstTokenTimeout: -1, StreamIdleTimeout: -1, AdaptiveCeiling: -1, RetryBudget: -1, MinRetriesPerSecond: -1}
 	for _, bc := range []struct {
 		name  string
 		hooks *llmdrain.Hooks
-	}{{"hooks=nil", nil}, {"otelmetrics", hooks}} {
+		cfg   llmdrain.Config
+	}{{"hooks=nil", nil, llmdrain.Config{}}, {"lean", nil, lean}, {"otelmetrics", hooks, llmdrain.Config{}}} {
 		b.Run(bc.name, func(b *testing.B) {
-			c, err := llmdrain.New(llmdrain.Config{APIKey: "sk-bench", BaseURL: srv.URL, Hooks: bc.hooks, HTTPClient: pool(b)})
+			cfg := bc.cfg
+			cfg.APIKey, cfg.BaseURL, cfg.Hooks, cfg.HTTPClient = "sk-bench", srv.URL, bc.hooks, pool(b)
+			c, err := llmdrain.New(cfg)
 			if err != nil {
 				b.Fatal(err)
 			}
