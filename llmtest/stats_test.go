@@ -12,6 +12,7 @@ import (
 	openai "github.com/sashabaranov/go-openai"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/llmdrain/llmdrain/llmtest"
 )
@@ -252,29 +253,15 @@ func TestHistoryKeepsTheLastOfEachPrompt(t *testing.T) {
 	_, err := client.CreateChatCompletion(ctx, chatRequest("often"))
 	require.Error(t, err)
 	const bulk = 2*llmtest.HistoryLimit + 10
-	var wg sync.WaitGroup
-	errs := make(chan error, bulk)
-	work := make(chan struct{}, bulk)
+	var g errgroup.Group
+	g.SetLimit(8)
 	for range bulk {
-		work <- struct{}{}
+		g.Go(func() error {
+			_, err := client.CreateChatCompletion(ctx, chatRequest("often"))
+			return err
+		})
 	}
-	close(work)
-	for range 8 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for range work {
-				if _, err := client.CreateChatCompletion(ctx, chatRequest("often")); err != nil {
-					errs <- err
-				}
-			}
-		}()
-	}
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		require.NoError(t, err)
-	}
+	require.NoError(t, g.Wait())
 	srv.Script(llmtest.Status(http.StatusBadGateway))
 	_, err = client.CreateChatCompletion(ctx, chatRequest("often"))
 	require.Error(t, err)

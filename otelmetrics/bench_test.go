@@ -49,19 +49,19 @@ func BenchmarkCall(b *testing.B) {
 		b.Cleanup(tr.CloseIdleConnections)
 		return &http.Client{Transport: tr}
 	}
-	b.Run("gopenai", func(b *testing.B) {
+	bare := func(b *testing.B) *openai.Client {
 		cfg := openai.DefaultConfig("sk-bench")
 		cfg.BaseURL = srv.URL
 		cfg.HTTPClient = pool(b)
-		run(b, openai.NewClientWithConfig(cfg).CreateChatCompletion)
+		return openai.NewClientWithConfig(cfg)
+	}
+	b.Run("gopenai", func(b *testing.B) {
+		run(b, bare(b).CreateChatCompletion)
 	})
 	// The floor of any client that can cancel a call in flight: bare
 	// go-openai, each call under a context of its own, cancelled after.
 	b.Run("gopenai-cancellable", func(b *testing.B) {
-		cfg := openai.DefaultConfig("sk-bench")
-		cfg.BaseURL = srv.URL
-		cfg.HTTPClient = pool(b)
-		call := openai.NewClientWithConfig(cfg).CreateChatCompletion
+		call := bare(b).CreateChatCompletion
 		run(b, func(ctx context.Context, req openai.ChatCompletionRequest) (openai.ChatCompletionResponse, error) {
 			ctx, cancel := context.WithCancel(ctx)
 			defer cancel()
@@ -72,13 +72,12 @@ func BenchmarkCall(b *testing.B) {
 	// off turned off: what those cost is its difference from hooks=nil.
 	lean := llmdrain.Config{FirstTokenTimeout: -1, StreamIdleTimeout: -1, AdaptiveCeiling: -1, RetryBudget: -1, MinRetriesPerSecond: -1}
 	for _, bc := range []struct {
-		name  string
-		hooks *llmdrain.Hooks
-		cfg   llmdrain.Config
-	}{{"hooks=nil", nil, llmdrain.Config{}}, {"lean", nil, lean}, {"otelmetrics", hooks, llmdrain.Config{}}} {
+		name string
+		cfg  llmdrain.Config
+	}{{"hooks=nil", llmdrain.Config{}}, {"lean", lean}, {"otelmetrics", llmdrain.Config{Hooks: hooks}}} {
 		b.Run(bc.name, func(b *testing.B) {
 			cfg := bc.cfg
-			cfg.APIKey, cfg.BaseURL, cfg.Hooks, cfg.HTTPClient = "sk-bench", srv.URL, bc.hooks, pool(b)
+			cfg.APIKey, cfg.BaseURL, cfg.HTTPClient = "sk-bench", srv.URL, pool(b)
 			c, err := llmdrain.New(cfg)
 			if err != nil {
 				b.Fatal(err)
